@@ -1,0 +1,44 @@
+"""Orthogonalization core: NS schedules as data, scalar analysis, matrix NS, exact polar.
+
+``schedules`` and ``analysis`` are numpy-only; the torch parts load on first use, so torch-free
+layers (``muonscope.laws``) can import the analysis without importing torch.
+"""
+
+from muonscope.orth.analysis import (
+    composed_map,
+    error_table,
+    fidelity,
+    ns_flops,
+    ns_matmuls,
+    output_band,
+    steps_to_lift,
+    threshold,
+)
+from muonscope.orth.schedules import Schedule, get_schedule, list_schedules, register_schedule
+
+_LAZY = {
+    "newton_schulz": "muonscope.orth.matrix_ns",
+    "default_compute_dtype": "muonscope.orth.matrix_ns",
+    "polar_exact": "muonscope.orth.exact",
+    "Orthogonalizer": "muonscope.orth.orthogonalizers",
+    "NewtonSchulz": "muonscope.orth.orthogonalizers",
+    "ExactPolar": "muonscope.orth.orthogonalizers",
+    "make_orthogonalizer": "muonscope.orth.orthogonalizers",
+    "register_orthogonalizer": "muonscope.orth.orthogonalizers",
+    "spectrum_from_gram": "muonscope.orth.orthogonalizers",
+}
+
+
+def __getattr__(name):
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'muonscope.orth' has no attribute {name!r}")
+
+
+__all__ = [
+    "Schedule", "get_schedule", "list_schedules", "register_schedule", "composed_map",
+    "error_table", "fidelity", "ns_flops", "ns_matmuls", "output_band", "steps_to_lift",
+    "threshold", *_LAZY,
+]

@@ -1,0 +1,139 @@
+"""Exact float64 analysis of NS schedules as scalar maps on normalized singular values.
+
+NS keeps singular vectors and maps each normalized singular value s = σ/‖X‖_F ∈ (0, 1] through
+p_k ∘ … ∘ p_1 (s / f), p_i(s) = a_i s + b_i s³ + c_i s⁵, f the schedule's safety factor.
+Everything here is numpy (no torch), so the fitter and planner can use it too.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from scipy.optimize import brentq, minimize_scalar
+
+from muonscope.errors import ConfigError
+from muonscope.orth.schedules import Schedule, get_schedule
+
+_GRID = np.logspace(-12.0, 0.0, 60001)
+
+
+def composed_map(schedule: str | Schedule, steps: int, s) -> np.ndarray:
+    """Output of ``steps`` NS steps for normalized singular values ``s`` (float64)."""
+    sched = get_schedule(schedule)
+    x = np.asarray(s, dtype=np.float64) / sched.safety
+    for a, b, c in sched.step_coefficients(steps):
+        x2 = x * x
+        x = x * (a + x2 * (b + c * x2))
+    return x
+
+
+def _scalar(schedule: Schedule, steps: int):
+    return lambda s: float(composed_map(schedule, steps, s))
+
+
+def threshold(schedule: str | Schedule, steps: int, rho: float = 0.1) -> float:
+    """τ_ρ(k): the smallest s such that every s' ∈ [s, 1] maps to ≥ ρ.
+
+    Returns ``inf`` when even s = 1 maps below ρ. Located on a dense log grid over [1e-12, 1]
+    and refined by root finding on the last crossing (float64; relative accuracy ≈ 1e-12).
+    """
+    if not (0.0 < rho):
+        raise ConfigError(f"rho must be positive, got {rho}")
+    sched = get_schedule(schedule)
+    y = composed_map(sched, steps, _GRID)
+    below = np.nonzero(y < rho)[0]
+    if below.size == 0:
+        return float(_GRID[0])
+    last = below[-1]
+    if last == _GRID.size - 1:
+        return float("inf")
+    lo, hi = _GRID[last], _GRID[last + 1]
+    f = _scalar(sched, steps)
+    return float(brentq(lambda s: f(s) - rho, lo, hi, xtol=1e-300, rtol=1e-14))
+
+
+@dataclass(frozen=True)
+class Band:
+    """Extremes of the composed map over [s_min, 1] and where they occur."""
+
+    low: float
+    high: float
+    argmin: float
+    argmax: float
+
+
+def output_band(schedule: str | Schedule, steps: int, s_min: float) -> Band:
+    """Min and max of the composed map over [s_min, 1] (grid search refined by bounded Brent)."""
+    if not (0.0 < s_min <= 1.0):
+        raise ConfigError(f"s_min must lie in (0, 1], got {s_min}")
+    sched = get_schedule(schedule)
+    grid = np.unique(np.concatenate([np.logspace(np.log10(s_min), 0.0, 20001), np.linspace(s_min, 1.0, 20001)]))
+    y = composed_map(sched, steps, grid)
+    f = _scalar(sched, steps)
+
+    def refine(i: int, sign: float) -> tuple[float, float]:
+        lo, hi = grid[max(i - 1, 0)], grid[min(i + 1, grid.size - 1)]
+        best_s, best_y = grid[i], y[i]
+        if hi > lo:
+            r = minimize_scalar(lambda s: sign * f(s), bounds=(lo, hi), method="bounded",
+                                options={"xatol": 1e-14 * max(hi, 1e-300)})
+            if sign * r.fun < sign * best_y:
+                best_s, best_y = float(r.x), sign * float(r.fun)
+        return best_s, best_y
+
+    smin, ymin = refine(int(np.argmin(y)), 1.0)
+    smax, ymax = refine(int(np.argmax(y)), -1.0)
+    return Band(low=ymin, high=ymax, argmin=smin, argmax=smax)
+
+
+def steps_to_lift(schedule: str | Schedule, s: float, rho: float = 0.1, max_steps: int = 64) -> int | None:
+    """Fewest steps k with τ_ρ(k) ≤ s (every s' ∈ [s, 1] reaches ρ); ``None`` if > ``max_steps``."""
+    if not (0.0 < s <= 1.0):
+        raise ConfigError(f"s must lie in (0, 1], got {s}")
+    for k in range(1, max_steps + 1):
+        if threshold(schedule, k, rho) <= s:
+            return k
+    return None
+
+
+def ns_flops(m: int, n: int, steps: int) -> int:
+    """FLOPs of ``steps`` NS steps on an m×n input (after transposing so m ≤ n): k(4m²n + 2m³)."""
+    m, n = (m, n) if m <= n else (n, m)
+    return int(steps) * (4 * m * m * n + 2 * m**3)
+
+
+def ns_matmuls(steps: int) -> int:
+    """Matrix products in ``steps`` NS steps (X Xᵀ, A·A, (bA + cA²)·X per step)."""
+    return 3 * int(steps)
+
+
+@dataclass(frozen=True)
+class ErrorRow:
+    s_lo: float
+    s_hi: float
+    out_min: float
+    out_max: float
+    worst_error: float  # max over the range of |1 - p(s)|
+
+
+def error_table(schedule: str | Schedule, steps: int, decades: tuple[int, int] = (-6, 0),
+                points_per_decade: int = 4000) -> list[ErrorRow]:
+    """Per-decade min/max output and worst |1 − p(s)| for s ∈ [10^lo, 10^hi]."""
+    lo, hi = decades
+    rows = []
+    for e in range(lo, hi):
+        s = np.logspace(e, e + 1, points_per_decade)
+        y = composed_map(schedule, steps, s)
+        rows.append(ErrorRow(float(s[0]), float(s[-1]), float(y.min()), float(y.max()),
+                             float(np.abs(1.0 - y).max())))
+    return rows
+
+
+def fidelity(schedule: str | Schedule, steps: int, s, rho: float = 0.1) -> tuple[float, float]:
+    """(min_i p(s_i), share of s_i whose output is below ρ) for a spectrum ``s``."""
+    s = np.asarray(s, dtype=np.float64)
+    if s.size == 0:
+        return float("nan"), float("nan")
+    y = composed_map(schedule, steps, s)
+    return float(y.min()), float(np.mean(y < rho))
