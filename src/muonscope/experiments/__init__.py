@@ -1,0 +1,1 @@
+"""Reproducible experiments built on the library: tiny-GPT size sweep, spectral dynamics."""

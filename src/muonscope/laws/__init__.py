@@ -1,0 +1,1 @@
+"""Scaling laws of spectral records: stabilization, power-law fits, NS planner (no torch)."""
