@@ -1,0 +1,199 @@
+"""SpectralMonitor: per-layer normalized singular-value statistics of what NS orthogonalizes.
+
+Attach it to a :class:`muonscope.Muon`; on sampled steps every monitored matrix X yields one record:
+quantiles s_q of s = σ/‖X‖_F (descending rank ⌈q·r⌉), s_max, s_min, ‖X‖_F, stable rank, normalized
+spectral entropy, and NS fidelity from the scalar map at zero matmul cost: min_i p(s_i) and the
+share of directions with p(s_i) < ρ. With ``spectrum="gram"`` (default) s comes from the first NS
+Gram matrix A₀ = X₀X₀ᵀ the optimizer forms anyway (one symmetric eigensolve, no extra products; its
+accuracy is that of the NS compute dtype: absolute error on s² ≈ eps_dtype·‖A₀‖); ``"svd"`` computes
+σ by a float64 SVD of X instead (exact, costs an SVD). ``source="momentum"`` measures the momentum
+buffer itself (float64 SVD). Every ``fidelity_every`` sampled steps it also measures
+‖NS(X) − polar(X)‖_F/√r directly.
+
+    monitor = SpectralMonitor(opt, every=10, store=RunStore.create("runs/a", meta))
+    ... training loop calls opt.step() as usual ...
+    monitor.close()
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Callable, Iterable, Mapping
+
+import numpy as np
+import torch
+
+from muonscope.errors import ConfigError
+from muonscope.spectra import metrics as M
+from muonscope.spectra.layers import LayerIndex
+
+DEFAULT_QUANTILES = (0.1, 0.25, 0.5, 0.75, 0.9)
+
+
+def spectrum_record(s: np.ndarray, quantiles: Iterable[float], *, scalar_map: Callable | None = None,
+                    rho: float = 0.1) -> dict:
+    """Statistics of one normalized spectrum s (any order); NS fidelity if ``scalar_map`` given."""
+    s = -np.sort(-np.asarray(s, dtype=np.float64))
+    qs = tuple(quantiles)
+    rec = {M.quantile_column(q): float(v) for q, v in zip(qs, M.quantiles(s, qs), strict=True)}
+    rec.update(
+        s_max=float(s[0]), s_min=float(s[-1]),
+        stable_rank=float(M.stable_rank(s)),
+        spectral_entropy=float(M.spectral_entropy(s, normalized=True)),
+    )
+    if scalar_map is not None:
+        out = np.asarray(scalar_map(s), dtype=np.float64)
+        rec.update(ns_out_min=float(out.min()), frac_failed=float(np.mean(out < rho)), rho=float(rho))
+    return rec
+
+
+class SpectralMonitor:
+    """Records spectral statistics of each orthogonalized matrix on sampled steps.
+
+    Args:
+        optimizer: a muonscope Muon (anything with ``register_orth_hook``).
+        every: sample every ``every``-th optimizer step (and step 1).
+        quantiles: levels q; s_q is the singular value at descending rank ⌈q·r⌉.
+        store: a :class:`~muonscope.spectra.store.RunStore` (or None to keep records in memory).
+        source: "ns_input" (what NS sees) or "momentum" (the raw momentum buffer).
+        spectrum: "gram" (reuse NS's first Gram matrix) or "svd" (float64 SVD of the matrix).
+        full_spectrum: also store the whole normalized spectrum as a list column.
+        include: regex or predicate on parameter names; None monitors every Muon matrix.
+        rho: failure level: a direction fails when NS lifts it to less than ρ.
+        fidelity_every: every k-th sampled step also measure ‖NS(X) − polar(X)‖_F/√r (0: never).
+        layer_map: {regex: layer_type} overriding the built-in name rules.
+        n_blocks: number of transformer blocks (inferred from names when None).
+        model_params: model size written to each record (default: store.meta["model_params"]).
+        tensorboard: a ``SummaryWriter`` or a log directory; scalars per layer (needs tensorboard).
+    """
+
+    def __init__(self, optimizer, every: int = 10, quantiles: Iterable[float] = DEFAULT_QUANTILES,
+                 store=None, source: str = "ns_input", full_spectrum: bool = False,
+                 include: str | Callable[[str], bool] | None = None, *, spectrum: str = "gram",
+                 rho: float = 0.1, fidelity_every: int = 0, layer_map: Mapping[str, str] | None = None,
+                 n_blocks: int | None = None, model_params: int | None = None, tensorboard=None,
+                 keep_records: bool | None = None) -> None:
+        if not hasattr(optimizer, "register_orth_hook"):
+            raise ConfigError("SpectralMonitor needs a muonscope Muon optimizer (register_orth_hook)")
+        if not (isinstance(every, int) and every >= 1):
+            raise ConfigError(f"every must be a positive int, got {every!r}")
+        self.quantiles = tuple(float(q) for q in quantiles)
+        if not self.quantiles or any(not (0.0 < q <= 1.0) for q in self.quantiles):
+            raise ConfigError(f"quantile levels must lie in (0, 1], got {self.quantiles}")
+        if source not in ("ns_input", "momentum"):
+            raise ConfigError(f"source must be 'ns_input' or 'momentum', got {source!r}")
+        if spectrum not in ("gram", "svd"):
+            raise ConfigError(f"spectrum must be 'gram' or 'svd', got {spectrum!r}")
+        if not (rho > 0):
+            raise ConfigError(f"rho must be positive, got {rho}")
+        self.every, self.source, self.spectrum_mode = every, source, spectrum
+        self.full_spectrum, self.rho, self.fidelity_every = full_spectrum, float(rho), int(fidelity_every)
+        self.store = store
+        if isinstance(include, str):
+            pattern = re.compile(include)
+            self._include = lambda name: bool(pattern.search(name))
+        else:
+            self._include = include
+        names = [n for g in optimizer.param_groups for n in g.get("param_names", ())]
+        self.layers = LayerIndex(names, layer_map, n_blocks)
+        meta = getattr(store, "meta", {}) or {}
+        self.model_params = int(model_params if model_params is not None else meta.get("model_params", -1))
+        self.run_id = str(meta.get("run_id", ""))
+        self.records: list[dict] = []
+        self._keep = keep_records if keep_records is not None else store is None
+        self._sampled_steps = 0
+        self._last_step = None
+        self._tb = self._make_tb(tensorboard)
+        self._handle = optimizer.register_orth_hook(self)
+
+    @staticmethod
+    def _make_tb(tensorboard):
+        if tensorboard is None or hasattr(tensorboard, "add_scalar"):
+            return tensorboard
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError as exc:  # pragma: no cover - depends on the extra
+            raise ConfigError("tensorboard logging needs the 'tensorboard' extra: pip install 'muonscope[tensorboard]'") from exc
+        return SummaryWriter(str(tensorboard))
+
+    # --- hook protocol -------------------------------------------------------------------------
+    def sampled(self, step: int) -> bool:
+        return step == 1 or step % self.every == 0
+
+    def wants_spectrum(self, step: int) -> bool:
+        want = self.sampled(step)
+        if want and step != self._last_step:
+            self._last_step = step
+            self._sampled_steps += 1
+        return want and self.source == "ns_input" and self.spectrum_mode == "gram"
+
+    def on_orthogonalize(self, event) -> None:
+        if not self.sampled(event.step):
+            return
+        if self._include is not None and not self._include(event.name):
+            return
+        self.records_from_event(event)
+
+    # --- measurement ---------------------------------------------------------------------------
+    def _spectrum(self, event) -> tuple[np.ndarray, torch.Tensor]:
+        X = event.momentum if self.source == "momentum" else event.matrix
+        X = X.detach()
+        if X.ndim != 2:
+            X = X.reshape(X.shape[0], -1)
+        if self.source == "ns_input" and self.spectrum_mode == "gram" and event.spectrum is not None:
+            s = event.spectrum.detach().to("cpu", torch.float64).numpy()
+        else:
+            sv = torch.linalg.svdvals(X.to(torch.float64))
+            s = (sv / sv.norm().clamp(min=torch.finfo(torch.float64).tiny)).cpu().numpy()
+        return s, X
+
+    def records_from_event(self, event) -> dict | None:
+        s, X = self._spectrum(event)
+        frob = float(torch.linalg.vector_norm(X.to(torch.float32)))
+        if s.size == 0 or frob == 0.0 or not math.isfinite(frob):
+            return None  # a zero (or empty) matrix has no spectrum to record
+        info = self.layers(event.name)
+        sched, steps = event.orthogonalizer.label
+        rec = {
+            "run_id": self.run_id, "step": int(event.step), "param": event.name,
+            "layer_type": info.layer_type, "block": info.block, "rel_depth": info.rel_depth,
+            "rows": int(X.shape[0]), "cols": int(X.shape[1]), "model_params": self.model_params,
+            "frob_norm": frob, "ns_schedule": sched, "ns_steps": int(steps), "source": self.source,
+            "process_rank": int(getattr(event, "process_rank", 0)),
+        }
+        rec.update(spectrum_record(s, self.quantiles, scalar_map=event.orthogonalizer.scalar_map, rho=self.rho))
+        if self.fidelity_every and self._sampled_steps % self.fidelity_every == 0:
+            rec["fidelity_err"] = self.fidelity_error(event)
+        if self.full_spectrum:
+            rec["spectrum"] = [float(x) for x in -np.sort(-s)]
+        if self.store is not None:
+            self.store.append_spectra([rec])
+        if self._keep:
+            self.records.append(rec)
+        if self._tb is not None:
+            tag = event.name
+            for q in self.quantiles:
+                self._tb.add_scalar(f"spectra/{tag}/{M.quantile_column(q)}", rec[M.quantile_column(q)], event.step)
+            self._tb.add_scalar(f"spectra/{tag}/frac_failed", rec["frac_failed"], event.step)
+        return rec
+
+    @staticmethod
+    def fidelity_error(event) -> float:
+        """‖O − polar(X)‖_F / √r for the update O the orthogonalizer produced from X."""
+        from muonscope.orth.exact import polar_exact
+
+        X = event.matrix.detach().reshape(event.matrix.shape[0], -1).to(torch.float64)
+        O = event.update.detach().reshape(X.shape).to(torch.float64)
+        r = min(X.shape)
+        return float(torch.linalg.matrix_norm(O - polar_exact(X)) / math.sqrt(r))
+
+    def close(self) -> None:
+        """Detach from the optimizer and flush the store."""
+        if self._handle is not None:
+            self._handle.remove()
+            self._handle = None
+        if self.store is not None:
+            self.store.flush()
+        if self._tb is not None:
+            self._tb.flush()
