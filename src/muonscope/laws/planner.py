@@ -1,0 +1,252 @@
+"""NS planner: predicted spectra at a target size → the cheapest NS configuration per layer.
+
+For each fitted (layer_type, rel_depth) the law of the chosen quantile q (default s_0.5) predicts
+s_q at the target size M with a two-sided prediction interval (level 0.95 by default); its lower
+end ℓ is the pessimistic value. A configuration (schedule, k steps) *lifts* ℓ when its failure
+threshold satisfies τ_ρ(k) ≤ ℓ, i.e. every s ∈ [ℓ, 1] maps to at least ρ under the exact scalar
+map. Candidates, per family, with the fewest such k (k ≤ ``max_steps``):
+
+    jordan × k,   polar-express × k,   designed(ℓ) × k
+
+(``families`` may name any other schedule too) where designed(ℓ) is the minimax composition for [ℓ', 1], ℓ' = ℓ rounded down to 2 significant
+digits (:func:`~muonscope.laws.design.design_schedule`). Cost is the number of matrix products,
+3k; ties go to the earlier family in ``families`` (the simpler schedule). Per layer type the plan
+uses the most pessimistic depth. Parameter names map to the choice of their layer type at the
+fitted depth(s) bracketing their rel_depth (the more demanding one); names of unfitted types or
+unknown depth get the layer type's or the global most demanding choice (``default``).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from functools import lru_cache
+
+import pandas as pd
+
+from muonscope.errors import ConfigError
+from muonscope.laws.design import design_name, design_schedule, round_down_2sig
+from muonscope.laws.fit import Laws
+from muonscope.laws.powerlaw import Prediction
+from muonscope.orth.analysis import ns_matmuls, threshold
+from muonscope.orth.schedules import BUILTIN_NAMES, Schedule, get_schedule
+
+PLAN_FORMAT = "muonscope.plan/1"
+FAMILIES = ("jordan", "polar-express", "designed")
+_BLOCK_SUFFIX = re.compile(r"\s*\[block \d+\]\s*$")
+_MIN_ELL = 1e-11  # thresholds are resolved on [1e-12, 1]
+
+
+@lru_cache(maxsize=4096)
+def _tau(schedule: Schedule, steps: int, rho: float) -> float:
+    return threshold(schedule, steps, rho)
+
+
+@lru_cache(maxsize=512)
+def _designed(ell: float, safety: float) -> Schedule:
+    return design_schedule(ell, safety=safety, name=design_name(ell))
+
+
+@dataclass(frozen=True)
+class Option:
+    """The fewest steps of one schedule family that lift ℓ (``steps`` None: not within max_steps)."""
+
+    family: str
+    schedule: Schedule
+    steps: int | None
+    tau: float  # τ_ρ at ``steps`` (NaN if none)
+
+    @property
+    def matmuls(self) -> int | None:
+        return None if self.steps is None else ns_matmuls(self.steps)
+
+
+@dataclass(frozen=True)
+class LayerChoice:
+    """The planned NS configuration for one layer type (and depth; NaN = all depths, worst case)."""
+
+    layer_type: str
+    rel_depth: float
+    worst_depth: float  # the fitted depth whose prediction set ℓ
+    alpha: float
+    prediction: Prediction
+    ell: float
+    schedule: Schedule
+    steps: int
+    tau: float
+    options: tuple[Option, ...]
+
+    @property
+    def matmuls(self) -> int:
+        return ns_matmuls(self.steps)
+
+    def config(self) -> dict:
+        return {"schedule": self.schedule.name, "steps": self.steps, "layer_type": self.layer_type}
+
+
+def plan_options(ell: float, rho: float = 0.1, *, families: Sequence[str] = FAMILIES,
+                 max_steps: int = 16, safety: float = 1.01) -> tuple[Option, ...]:
+    """Fewest steps per family with τ_ρ(k) ≤ ℓ."""
+    if not (_MIN_ELL <= ell <= 1):
+        raise ConfigError(f"the predicted lower bound s = {ell:.3g} is outside [{_MIN_ELL:g}, 1]: "
+                          "NS cannot be planned for it; check the laws and the target size")
+    out = []
+    for fam in families:
+        sched = _designed(round_down_2sig(ell), float(safety)) if fam == "designed" else get_schedule(fam)
+        found = None
+        for k in range(1, max_steps + 1):
+            t = _tau(sched, k, float(rho))
+            if t <= ell:
+                found = (k, t)
+                break
+        out.append(Option(fam, sched, found[0] if found else None, found[1] if found else float("nan")))
+    return tuple(out)
+
+
+def choose(ell: float, rho: float = 0.1, *, families: Sequence[str] = FAMILIES, max_steps: int = 16,
+           safety: float = 1.01) -> tuple[Option, tuple[Option, ...]]:
+    """The cheapest option (fewest matrix products; ties: family order) and all options."""
+    opts = plan_options(ell, rho, families=families, max_steps=max_steps, safety=safety)
+    feasible = [o for o in opts if o.steps is not None]
+    if not feasible:
+        raise ConfigError(f"no schedule among {', '.join(families)} lifts s = {ell:.3g} to rho = {rho:g} "
+                          f"within {max_steps} steps; raise max_steps")
+    return min(feasible, key=lambda o: o.matmuls), opts
+
+
+@dataclass
+class Plan:
+    """A per-layer NS plan for one target size; :meth:`to_dict` is the plan JSON."""
+
+    target_params: float
+    quantile: float
+    rho: float
+    level: float
+    by_depth: list[LayerChoice]
+    by_type: dict[str, LayerChoice]
+    params: dict[str, LayerChoice] = field(default_factory=dict)
+    default: LayerChoice | None = None
+
+    def schedules(self) -> dict[str, Schedule]:
+        """Non-built-in schedules the plan refers to (designed ones), by name."""
+        used = [c.schedule for c in [*self.by_type.values(), *self.params.values(),
+                                     *([self.default] if self.default else [])]]
+        return {s.name: s for s in used if s.name not in BUILTIN_NAMES}
+
+    def table(self) -> pd.DataFrame:
+        """Recipe table: one row per (layer_type, depth) and per layer type (depth NaN = all)."""
+        rows = []
+        for c in [*self.by_depth, *self.by_type.values()]:
+            opt = {o.family: o.steps for o in c.options}
+            rows.append({
+                "layer_type": c.layer_type, "rel_depth": c.rel_depth, "alpha": c.alpha,
+                "s_pred": c.prediction.center, "s_low": c.prediction.low, "s_high": c.prediction.high,
+                "schedule": c.schedule.name, "steps": c.steps, "matmuls": c.matmuls, "tau": c.tau,
+                **{f"steps_{f}": opt.get(f) for f in opt},
+            })
+        return pd.DataFrame(rows)
+
+    def to_dict(self) -> dict:
+        """The plan JSON (``muonscope.plan/1``) consumed by ``muonscope.Muon(..., plan=...)``."""
+        def num(x):
+            return None if x is None or (isinstance(x, float) and not math.isfinite(x)) else float(x)
+
+        def summary(c: LayerChoice) -> dict:
+            return {**c.config(), "rel_depth": num(c.rel_depth), "worst_depth": num(c.worst_depth),
+                    "alpha": num(c.alpha), "s_pred": c.prediction.center, "s_low": c.prediction.low,
+                    "s_high": c.prediction.high, "tau": c.tau, "matmuls": c.matmuls}
+
+        d = {
+            "format": PLAN_FORMAT, "target_params": float(self.target_params), "quantile": self.quantile,
+            "rho": self.rho, "level": self.level,
+            "schedules": {n: s.to_dict() for n, s in sorted(self.schedules().items())},
+            "params": {n: c.config() for n, c in sorted(self.params.items())},
+            "layer_types": {t: summary(c) for t, c in sorted(self.by_type.items())},
+            "depths": [summary(c) for c in self.by_depth],
+        }
+        if self.default is not None:
+            d["default"] = {"schedule": self.default.schedule.name, "steps": self.default.steps}
+        return d
+
+
+def base_name(name: str) -> str:
+    """Parameter name without a row-block suffix (``w [block 2]`` → ``w``)."""
+    return _BLOCK_SUFFIX.sub("", str(name))
+
+
+def names_from_records(df: pd.DataFrame) -> dict[str, tuple[str, float]]:
+    """{param name: (layer_type, rel_depth)} from one model's spectral records."""
+    need = {"param", "layer_type", "rel_depth"}
+    if not need <= set(df.columns):
+        raise ConfigError(f"spectral records need columns {sorted(need)} to name parameters")
+    if "model_params" in df.columns and df["model_params"].nunique() > 1:
+        raise ConfigError("--names-from must point at one run (one model); got records of several sizes")
+    out: dict[str, tuple[str, float]] = {}
+    for name, lt, rd in df[["param", "layer_type", "rel_depth"]].drop_duplicates().itertuples(index=False):
+        out[base_name(name)] = (str(lt), float(rd) if pd.notna(rd) else float("nan"))
+    return out
+
+
+def make_plan(laws: Laws, target_params: float, *, quantile: float = 0.5, rho: float = 0.1,
+              level: float = 0.95, names: Mapping[str, tuple[str, float]] | None = None,
+              families: Sequence[str] = FAMILIES, max_steps: int = 16, safety: float = 1.01) -> Plan:
+    """Plan NS per layer for a model of ``target_params`` parameters (see the module docstring)."""
+    try:
+        m = float(target_params)
+    except (TypeError, ValueError):
+        raise ConfigError(f"target size must be a number of parameters, got {target_params!r}") from None
+    if not (m > 0 and math.isfinite(m)):
+        raise ConfigError(f"target size must be a positive number of parameters, got {target_params!r}")
+    if not (0 < rho < 1):
+        raise ConfigError(f"rho must lie in (0, 1), got {rho}")
+    if not (0 < level < 1):
+        raise ConfigError(f"level must lie in (0, 1), got {level}")
+    if not isinstance(max_steps, int) or max_steps < 1:
+        raise ConfigError(f"max_steps must be a positive int, got {max_steps!r}")
+    if not families:
+        raise ConfigError("families must name at least one schedule (or 'designed')")
+    for fam in families:
+        if fam != "designed":
+            get_schedule(fam)  # unknown names raise ScheduleError listing the known ones
+    fits = laws.select(q=quantile)
+    if not fits:
+        raise ConfigError(f"the laws have no fits for q={quantile:g}; fitted q levels: "
+                          f"{', '.join(f'{q:g}' for q in sorted({f.q for f in laws.fits}))}")
+
+    def pick(lt: str, depth: float, worst: float, alpha: float, pred: Prediction) -> LayerChoice:
+        ell = min(pred.low, 1.0)
+        best, opts = choose(ell, rho, families=families, max_steps=max_steps, safety=safety)
+        return LayerChoice(lt, depth, worst, alpha, pred, ell, best.schedule, best.steps, best.tau, opts)
+
+    by_depth = []
+    for f in sorted(fits, key=lambda f: (f.layer_type, math.isnan(f.rel_depth), f.rel_depth)):
+        by_depth.append(pick(f.layer_type, f.rel_depth, f.rel_depth, f.alpha, f.predict(m, level)))
+    by_type: dict[str, LayerChoice] = {}
+    for lt in sorted({c.layer_type for c in by_depth}):
+        worst = min((c for c in by_depth if c.layer_type == lt), key=lambda c: c.ell)
+        by_type[lt] = LayerChoice(lt, float("nan"), worst.rel_depth, worst.alpha, worst.prediction,
+                                  worst.ell, worst.schedule, worst.steps, worst.tau, worst.options)
+    default = max(by_type.values(), key=lambda c: (c.matmuls, -c.ell))
+    params: dict[str, LayerChoice] = {}
+    for name, (lt, depth) in (names or {}).items():
+        params[base_name(name)] = _choice_for(by_depth, by_type, default, str(lt), depth)
+    return Plan(m, float(quantile), float(rho), float(level), by_depth, by_type, params, default)
+
+
+def _choice_for(by_depth: list[LayerChoice], by_type: dict[str, LayerChoice], default: LayerChoice,
+                lt: str, depth) -> LayerChoice:
+    if lt not in by_type:
+        return LayerChoice(lt, float("nan"), default.worst_depth, default.alpha, default.prediction,
+                           default.ell, default.schedule, default.steps, default.tau, default.options)
+    depth = float("nan") if depth is None else float(depth)
+    known = [c for c in by_depth if c.layer_type == lt and not math.isnan(c.rel_depth)]
+    if math.isnan(depth) or not known:
+        return by_type[lt]
+    d = round(depth, 3)
+    below = [c for c in known if c.rel_depth <= d]
+    above = [c for c in known if c.rel_depth >= d]
+    bracket = ([max(below, key=lambda c: c.rel_depth)] if below else []) + \
+              ([min(above, key=lambda c: c.rel_depth)] if above else [])
+    return min(bracket, key=lambda c: (c.ell, -c.matmuls))
