@@ -73,3 +73,69 @@ def nuclear_frobenius_ratio(s) -> np.ndarray:
     s = np.abs(np.asarray(s, dtype=np.float64))
     with np.errstate(invalid="ignore", divide="ignore"):
         return np.sum(s, axis=-1) / np.linalg.norm(s, axis=-1)
+
+
+# --- Functions of matrices (not only of their singular values) ------------------------------------
+
+
+from muonscope.errors import ConfigError, ShapeError  # noqa: E402
+
+
+def _frames(X, k: int) -> tuple[np.ndarray, np.ndarray]:
+    U, _, Vt = np.linalg.svd(np.asarray(X, dtype=np.float64), full_matrices=False)
+    return U[:, :k], Vt[:k].T
+
+
+def _numerical_rank(X: np.ndarray) -> int:
+    s = np.linalg.svd(X, compute_uv=False)
+    return int(np.sum(s > max(X.shape) * np.finfo(np.float64).eps * (s[0] if s.size else 0.0)))
+
+
+def subspace_sin_theta(P, Q) -> float:
+    """‖sin Θ‖_F between the column spans of orthonormal P, Q (m×k each): ‖(I − PPᵀ)Q‖_F."""
+    P = np.asarray(P, dtype=np.float64)
+    Q = np.asarray(Q, dtype=np.float64)
+    if P.ndim != 2 or P.shape != Q.shape:
+        raise ShapeError(f"subspace_sin_theta needs two m×k bases of one shape, got {P.shape}, {Q.shape}")
+    return float(np.linalg.norm(Q - P @ (P.T @ Q)))
+
+
+def frame_alignment(A, B, k: int | None = None) -> float:
+    """‖sin Θ‖_F between the top-k singular frames of two m×n matrices A and B.
+
+    With U_k, V_k the leading k left/right singular vectors: √(‖sin Θ(U_k^A, U_k^B)‖_F² +
+    ‖sin Θ(V_k^A, V_k^B)‖_F²). 0 when both top-k subspaces coincide, at most √(2k). ``k`` defaults
+    to the smaller numerical rank of A and B (σ > max(m, n)·eps·σ_max); a side of dimension k is
+    the whole space and contributes 0.
+    """
+    A = np.asarray(A, dtype=np.float64)
+    B = np.asarray(B, dtype=np.float64)
+    if A.ndim != 2 or A.shape != B.shape:
+        raise ShapeError(f"frame_alignment needs two matrices of one shape, got {A.shape}, {B.shape}")
+    r = min(A.shape)
+    if k is None:
+        k = max(min(_numerical_rank(A), _numerical_rank(B)), 1)
+    k = int(k)
+    if not 1 <= k <= r:
+        raise ConfigError(f"k must lie in [1, {r}], got {k}")
+    UA, VA = _frames(A, k)
+    UB, VB = _frames(B, k)
+    return float(math.hypot(subspace_sin_theta(UA, UB), subspace_sin_theta(VA, VB)))
+
+
+def shared_frame_misalignment(W, G) -> float:
+    """How far G is from sharing W's singular frames: √(1 − ‖diag(U_Wᵀ G V_W)‖²/‖G‖_F²).
+
+    0 exactly when G = U_W diag(g) V_Wᵀ (the alignment under which a gradient moves each singular
+    value of W independently); 1 when G has no energy on W's singular pairs. NaN for G = 0.
+    """
+    W = np.asarray(W, dtype=np.float64)
+    G = np.asarray(G, dtype=np.float64)
+    if W.ndim != 2 or W.shape != G.shape:
+        raise ShapeError(f"shared_frame_misalignment needs two matrices of one shape, got {W.shape}, {G.shape}")
+    U, _, Vt = np.linalg.svd(W, full_matrices=False)
+    diag = np.einsum("ir,ij,rj->r", U, G, Vt)
+    g2 = float(np.sum(G * G))
+    if g2 == 0.0:
+        return float("nan")
+    return float(math.sqrt(max(1.0 - float(np.sum(diag * diag)) / g2, 0.0)))
