@@ -29,8 +29,7 @@ def test_stdlib_deterministic_and_capped(stdlib):
 
 
 def test_stdlib_excludes_tests_and_site_packages():
-    _, files = D.stdlib_files()
-    root, _ = D.stdlib_files()
+    root, files = D.stdlib_files()
     parts = {part for f in files for part in PurePosixPath(f.relative_to(root).as_posix()).parts[:-1]}
     assert not parts & {"test", "tests", "site-packages", "dist-packages"}
     assert any(f.name == "os.py" for f in files)
