@@ -185,6 +185,151 @@ def sweep(
     console.print(table)
 
 
+def _fmt_depth(d) -> str:
+    return "?" if d is None or d != d else f"{d:g}"
+
+
+@app.command("fit")
+def fit_cmd(
+    runs: list[Path] = typer.Argument(..., help="Run directories, or sweep directories holding runs."),
+    out: Path = typer.Option(..., "--out", "-o", help="Laws JSON to write."),
+    quantile: list[float] = typer.Option(None, "--quantile", "-q", help="q level(s) to fit; default: all recorded."),
+    source: str = typer.Option(None, "--source", help="ns_input or momentum (default: ns_input when both exist)."),
+    rel_tol: float = typer.Option(0.1, "--rel-tol", help="Burn-in tolerance band, relative (0.1 = 10%)."),
+    level: float = typer.Option(0.95, "--level", help="Confidence level of the intervals."),
+    n_boot: int = typer.Option(2000, "--boot", help="Bootstrap replicates over sizes (and seeds)."),
+    seed: int = typer.Option(0, "--seed", help="Bootstrap seed."),
+) -> None:
+    """Fit power laws s_q(M) = C*M^(-alpha) per layer type and depth across the runs' model sizes."""
+    from muonscope.laws.fit import fit_laws
+    from muonscope.laws.stabilize import StabilizeSettings
+    from muonscope.spectra.store import read_runs
+
+    if not (0 < level < 1):
+        fail("--level must lie in (0, 1)")
+    if n_boot < 100:
+        fail("--boot must be at least 100")
+    df = read_runs(runs)
+    laws = fit_laws(df, quantile or None, source=source, level=level, n_boot=n_boot, seed=seed,
+                    settings=StabilizeSettings(rel_tol=rel_tol, level=level, seed=seed))
+    laws.save(out)
+    qs = laws.quantiles
+    q_main = 0.5 if 0.5 in qs else qs[len(qs) // 2]
+    shared = {(t.layer_type, _fmt_depth(t.rel_depth)): t for t in laws.shared}
+    table = Table(title=f"spectral power laws s_q = C*M^-alpha ({len(laws.runs)} runs, "
+                        f"{len({r['model_params'] for r in laws.runs})} sizes)")
+    table.caption = (f"columns q*: alpha per quantile; CI, R2: q={q_main:g} ({level:.0%} bootstrap over sizes); "
+                     "flat: beta/2 for r = min(rows, cols) ~ M^beta (unchanged spectral shape); "
+                     "shared p: quantiles share alpha (Bonferroni)")
+    for col in ("layer", "depth", *(f"q{q:g}" for q in qs), "CI", "R2", "flat", "shared p"):
+        table.add_column(col, justify="left" if col in ("layer",) else "right")
+    keys = sorted({(f.layer_type, f.rel_depth) for f in laws.fits}, key=lambda k: (k[0], k[1] != k[1], k[1]))
+    for lt, d in keys:
+        by_q = {f.q: f for f in laws.fits if f.layer_type == lt and _fmt_depth(f.rel_depth) == _fmt_depth(d)}
+        main_fit = by_q.get(q_main)
+        t = shared.get((lt, _fmt_depth(d)))
+        table.add_row(
+            lt, _fmt_depth(d), *(f"{by_q[q].alpha:.3f}" if q in by_q else "-" for q in qs),
+            f"[{main_fit.alpha_ci[0]:.3f},{main_fit.alpha_ci[1]:.3f}]" if main_fit else "-",
+            f"{main_fit.r2:.3f}" if main_fit else "-",
+            f"{main_fit.alpha_flat:.3f}" if main_fit and main_fit.alpha_flat == main_fit.alpha_flat else "-",
+            f"{t.p_value:.2g}" if t else "-")
+    console.print(table)
+    stab = laws.stabilization
+    n_flag = int((~stab["stable"].astype(bool)).sum())
+    console.print(f"trajectories: {len(stab)}, flagged (not stabilized, not fitted): {n_flag}; "
+                  f"groups skipped: {len(laws.skipped)}")
+    for s in laws.skipped[:10]:
+        console.print(f"  skipped {s['layer_type']} depth {_fmt_depth(s['rel_depth'])} q{s['q']:g}: {s['reason']}")
+    console.print(f"wrote {out}")
+
+
+def _parse_size(text: str) -> float:
+    units = {"k": 1e3, "m": 1e6, "b": 1e9, "g": 1e9, "t": 1e12}
+    t = text.strip().lower().replace("_", "").replace(",", "")
+    try:
+        value = float(t[:-1]) * units[t[-1]] if t and t[-1] in units else float(t)
+    except ValueError:
+        value = float("nan")
+    if not (value > 0 and value != float("inf")):
+        fail(f"--params must be a positive parameter count like 7e10, 70B or 125M, got {text!r}")
+    return value
+
+
+def _names_from(path: Path) -> dict:
+    """{param name: (layer_type, rel_depth)} from a run directory, a JSON mapping or a names file."""
+    import json
+
+    if path.is_dir():
+        from muonscope.laws.planner import names_from_records
+        from muonscope.spectra.store import RunStore
+
+        df = RunStore.open(path).spectra()
+        if len(df) == 0:
+            fail(f"run {path} holds no spectral records to take parameter names from")
+        return names_from_records(df)
+    if not path.is_file():
+        fail(f"--names-from {path}: no such run directory or file")
+    text = path.read_text()
+    if path.suffix == ".json":
+        try:
+            raw = json.loads(text)
+            return {str(k): (str(v[0]), float("nan") if v[1] is None else float(v[1])) for k, v in raw.items()}
+        except (ValueError, TypeError, IndexError, AttributeError) as exc:
+            fail(f"--names-from {path}: expected JSON {{name: [layer_type, rel_depth]}} ({exc})")
+    from muonscope.spectra.layers import LayerIndex
+
+    names = [ln.strip() for ln in text.splitlines() if ln.strip() and not ln.startswith("#")]
+    index = LayerIndex(names)
+    return {n: (index(n).layer_type, index(n).rel_depth) for n in names}
+
+
+@app.command("plan")
+def plan_cmd(
+    laws_path: Path = typer.Argument(..., help="Laws JSON from `muonscope fit`."),
+    params: list[str] = typer.Option(..., "--params", "-p", help="Target model size(s): 7e10, 70B, 125M, ..."),
+    quantile: float = typer.Option(0.5, "--quantile", "-q", help="The quantile s_q that NS must lift."),
+    rho: float = typer.Option(0.1, "--rho", help="Output level a lifted direction must reach."),
+    level: float = typer.Option(0.95, "--level", help="Two-sided prediction-interval level."),
+    names_from: Path = typer.Option(None, "--names-from", help="Parameter names: a run directory, a JSON "
+                                    "{name: [layer_type, rel_depth]} or a text file with one name per line."),
+    max_steps: int = typer.Option(16, "--max-steps", help="Largest NS step count considered."),
+    out: Path = typer.Option(None, "--out", "-o", help="Plan JSON (several sizes: one file per size, suffixed)."),
+) -> None:
+    """Cheapest NS configuration per layer for a target model size, from fitted laws."""
+    import json
+
+    from muonscope.laws.io import load_laws
+    from muonscope.laws.planner import make_plan
+
+    sizes = [_parse_size(p) for p in params]
+    if max_steps < 1:
+        fail("--max-steps must be >= 1")
+    laws = load_laws(laws_path)
+    names = _names_from(names_from) if names_from is not None else None
+    for size in sizes:
+        plan = make_plan(laws, size, quantile=quantile, rho=rho, level=level, names=names, max_steps=max_steps)
+        table = Table(title=f"NS plan for {size:.3g} parameters: lift s_q{quantile * 100:g} "
+                            f"(lower end of the {level:.0%} prediction interval) to >= {rho:g}")
+        table.caption = ("tau: the config's threshold (every s >= tau maps to >= rho); "
+                         "J/PE/D: fewest steps of jordan / polar-express / designed(lower end)")
+        for col in ("layer", "depth", "alpha", "s_q predicted [interval]", "config", "matmuls", "tau", "J/PE/D"):
+            table.add_column(col, justify="left" if col in ("layer", "config") else "right")
+        for c in [*plan.by_depth, *plan.by_type.values()]:
+            depth = _fmt_depth(c.rel_depth) if c.rel_depth == c.rel_depth else f"all (d={_fmt_depth(c.worst_depth)})"
+            alts = " / ".join("-" if o.steps is None else str(o.steps) for o in c.options)
+            p = c.prediction
+            table.add_row(c.layer_type, depth, f"{c.alpha:.3f}", f"{p.center:.2g} [{p.low:.2g}, {p.high:.2g}]",
+                          f"{c.schedule.name} x{c.steps}", str(c.matmuls), f"{c.tau:.3g}", alts)
+        console.print(table)
+        if out is not None:
+            dest = out if len(sizes) == 1 else out.with_name(f"{out.stem}-{size:.3g}".replace("+", "") + out.suffix)
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            dest.write_text(json.dumps(plan.to_dict(), indent=1))
+            console.print(f"wrote {dest} ({len(plan.params)} named parameters, "
+                          f"{len(plan.schedules())} designed schedule(s))")
+
+
 def main() -> None:
     """Console-script entry point: typed errors become one stderr line and exit code 2."""
     try:
