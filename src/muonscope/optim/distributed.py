@@ -1,0 +1,118 @@
+"""Distributed Muon: orthogonalization work split across ranks, results all-gathered.
+
+Every rank holds the full momentum (gradients are identical across ranks after data-parallel
+all-reduce), so only the orthogonalization is sharded: matrices are assigned to ranks by a
+deterministic longest-processing-time rule on their FLOPs (largest first, to the least-loaded
+rank, ties to the lower index), each rank orthogonalizes its share, and one all-gather per dtype
+hands every rank every update. Parameters that are DTensors (FSDP2 shards) are gathered to the full
+matrix for NS and the update re-sharded to the local shard without further communication.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.distributed as dist
+
+from muonscope.errors import ConfigError
+
+
+class DistContext:
+    """Rank and world size of the process group the optimizer shards work over."""
+
+    def __init__(self, group=None) -> None:
+        self.group = group
+        self.rank = dist.get_rank(group)
+        self.world = dist.get_world_size(group)
+
+    @staticmethod
+    def detect(process_group=None, enabled: bool | None = None) -> DistContext | None:
+        """A context when enabled (None: auto) and a process group with > 1 rank is initialized."""
+        if enabled is False:
+            return None
+        if not (dist.is_available() and dist.is_initialized()):
+            if enabled:
+                raise ConfigError("distributed=True needs torch.distributed.init_process_group() first")
+            return None
+        ctx = DistContext(process_group)
+        return ctx if ctx.world > 1 or enabled else None
+
+    def all_reduce_max_(self, t: torch.Tensor) -> torch.Tensor:
+        dist.all_reduce(t, op=dist.ReduceOp.MAX, group=self.group)
+        return t
+
+
+def assign_owners(flops: Sequence[int], world: int) -> list[int]:
+    """Owner rank of each work item: LPT greedy balancing of FLOPs, deterministic."""
+    owners = [0] * len(flops)
+    loads = [0] * world
+    for i in sorted(range(len(flops)), key=lambda i: (-flops[i], i)):
+        r = min(range(world), key=lambda r: (loads[r], r))
+        owners[i] = r
+        loads[r] += int(flops[i])
+    return owners
+
+
+def all_gather_updates(updates: list[torch.Tensor | None], shapes: Sequence[torch.Size],
+                       dtypes: Sequence[torch.dtype], devices: Sequence[torch.device],
+                       owners: Sequence[int], ctx: DistContext) -> list[torch.Tensor]:
+    """Fill every item's update from its owner: one padded all-gather per (dtype, device).
+
+    ``updates[i]`` is set on the owner rank and None elsewhere; shapes, dtypes and owners are known
+    to every rank, so each rank can unpack the gathered buffers without extra metadata.
+    """
+    out: list[torch.Tensor | None] = list(updates)
+    keys = sorted({(str(dt), str(dev)) for dt, dev in zip(dtypes, devices, strict=True)})
+    for key in keys:
+        idx = [i for i in range(len(shapes)) if (str(dtypes[i]), str(devices[i])) == key]
+        dtype, device = dtypes[idx[0]], devices[idx[0]]
+        per_rank = [[i for i in idx if owners[i] == r] for r in range(ctx.world)]
+        sizes = [sum(shapes[i].numel() for i in items) for items in per_rank]
+        width = max(sizes)
+        if width == 0:
+            continue
+        local = torch.zeros(width, dtype=dtype, device=device)
+        offset = 0
+        for i in per_rank[ctx.rank]:
+            n = shapes[i].numel()
+            local[offset:offset + n].copy_(updates[i].reshape(-1))
+            offset += n
+        gathered = [torch.empty_like(local) for _ in range(ctx.world)]
+        dist.all_gather(gathered, local, group=ctx.group)
+        for r, items in enumerate(per_rank):
+            if r == ctx.rank:
+                continue
+            offset = 0
+            for i in items:
+                n = shapes[i].numel()
+                out[i] = gathered[r][offset:offset + n].view(shapes[i])
+                offset += n
+    return out  # type: ignore[return-value]
+
+
+def is_dtensor(t: torch.Tensor) -> bool:
+    try:
+        from torch.distributed.tensor import DTensor
+    except ImportError:  # pragma: no cover - torch without distributed tensors
+        return False
+    return isinstance(t, DTensor)
+
+
+def full_tensor(t: torch.Tensor) -> torch.Tensor:
+    """The full (unsharded) tensor: gathers a DTensor (a collective: call on every rank)."""
+    return t.full_tensor() if is_dtensor(t) else t
+
+
+def local_part(t: torch.Tensor) -> torch.Tensor:
+    """The local tensor of a DTensor (sharing storage), or ``t`` itself."""
+    return t.to_local() if is_dtensor(t) else t
+
+
+def shard_like(full: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """This rank's local shard of ``full`` laid out as the DTensor ``like`` (no communication)."""
+    if not is_dtensor(like):
+        return full
+    from torch.distributed.tensor import distribute_tensor
+
+    return distribute_tensor(full, like.device_mesh, like.placements, src_data_rank=None).to_local()

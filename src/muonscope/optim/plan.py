@@ -1,0 +1,123 @@
+"""Per-parameter orthogonalization plans (format ``muonscope.plan/1``).
+
+A plan maps exact parameter names to an NS configuration (schedule, steps)::
+
+    {"format": "muonscope.plan/1",
+     "schedules": {"designed-1e-05": {"name": ..., "coefficients": [[a, b, c], ...], ...}},
+     "params": {"blocks.3.attn.q.weight": {"schedule": "jordan", "steps": 6, "layer_type": "q"}},
+     "default": {"schedule": "jordan", "steps": 5}}
+
+``schedule`` is a key of ``schedules`` (a :meth:`Schedule.to_dict`) or a registered schedule name;
+``steps`` defaults to the schedule's ``default_steps``. An entry may also name an
+``orthogonalizer`` kind ("ns" unless given). Extra keys are ignored; anything malformed raises
+:class:`~muonscope.errors.ConfigError`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from muonscope.errors import ConfigError, MuonscopeError
+from muonscope.orth.schedules import Schedule, get_schedule
+
+PLAN_FORMAT = "muonscope.plan/1"
+
+
+@dataclass(frozen=True)
+class ParamPlan:
+    """The orthogonalization chosen for one parameter."""
+
+    schedule: Schedule
+    steps: int
+    orthogonalizer: str = "ns"
+    layer_type: str | None = None
+
+
+class Plan:
+    """A parsed plan: ``plan.for_param(name)`` gives the entry, else the default, else None."""
+
+    def __init__(self, params: Mapping[str, ParamPlan], default: ParamPlan | None = None,
+                 raw: Mapping | None = None) -> None:
+        self.params = dict(params)
+        self.default = default
+        self.raw = dict(raw or {})
+
+    def for_param(self, name: str) -> ParamPlan | None:
+        return self.params.get(name, self.default)
+
+    def __repr__(self) -> str:
+        return f"Plan({len(self.params)} params, default={self.default})"
+
+
+def _entry(where: str, entry, schedules: Mapping[str, Schedule]) -> ParamPlan:
+    if not isinstance(entry, Mapping):
+        raise ConfigError(f"plan {where}: expected an object like {{'schedule': 'jordan', 'steps': 5}}, got {entry!r}")
+    name = entry.get("schedule", "jordan")
+    try:
+        if isinstance(name, Mapping):
+            sched = Schedule.from_dict(dict(name))
+        elif isinstance(name, str) and name in schedules:
+            sched = schedules[name]
+        elif isinstance(name, str):
+            sched = get_schedule(name)
+        else:
+            raise ConfigError(f"plan {where}: 'schedule' must be a name, got {name!r}")
+    except MuonscopeError as exc:
+        if isinstance(exc, ConfigError):
+            raise
+        raise ConfigError(f"plan {where}: {exc}; define it under the plan's 'schedules'") from exc
+    steps = entry.get("steps", sched.default_steps)
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise ConfigError(f"plan {where}: 'steps' must be a positive integer, got {steps!r}")
+    kind = entry.get("orthogonalizer", "ns")
+    if not isinstance(kind, str):
+        raise ConfigError(f"plan {where}: 'orthogonalizer' must be a string, got {kind!r}")
+    layer_type = entry.get("layer_type")
+    return ParamPlan(sched, steps, kind, layer_type if isinstance(layer_type, str) else None)
+
+
+def load_plan(plan) -> Plan:
+    """Parse a plan from a dict, a JSON file path, or return a :class:`Plan` unchanged."""
+    if isinstance(plan, Plan):
+        return plan
+    if isinstance(plan, (str, os.PathLike)):
+        path = Path(plan)
+        if not path.is_file():
+            raise ConfigError(f"plan file {str(path)!r} not found; pass a plan dict or an existing JSON path")
+        try:
+            plan = json.loads(path.read_text())
+        except (OSError, ValueError) as exc:
+            raise ConfigError(f"plan file {str(path)!r} is not valid JSON: {exc}") from exc
+    if not isinstance(plan, Mapping):
+        raise ConfigError(f"a plan must be a dict or a JSON file path, got {type(plan).__name__}")
+    fmt = plan.get("format", PLAN_FORMAT)
+    if fmt != PLAN_FORMAT:
+        raise ConfigError(f"unsupported plan format {fmt!r}; expected {PLAN_FORMAT!r}")
+
+    raw_schedules = plan.get("schedules", {}) or {}
+    if not isinstance(raw_schedules, Mapping):
+        raise ConfigError("plan 'schedules' must map names to schedule objects")
+    schedules: dict[str, Schedule] = {}
+    for key, d in raw_schedules.items():
+        if not isinstance(d, Mapping):
+            raise ConfigError(f"plan schedule {key!r} must be an object with 'coefficients'")
+        try:
+            schedules[key] = Schedule.from_dict({"name": key, **d})
+        except MuonscopeError as exc:
+            raise ConfigError(f"plan schedule {key!r}: {exc}") from exc
+
+    params = plan.get("params", {}) or {}
+    if not isinstance(params, Mapping):
+        raise ConfigError("plan 'params' must map parameter names to configs")
+    entries = {}
+    for name, entry in params.items():
+        if not isinstance(name, str):
+            raise ConfigError(f"plan parameter names must be strings, got {name!r}")
+        entries[name] = _entry(f"param {name!r}", entry, schedules)
+    default = plan.get("default")
+    default = _entry("default", default, schedules) if default is not None else None
+    return Plan(entries, default, plan)
