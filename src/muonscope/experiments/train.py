@@ -47,11 +47,12 @@ class TrainConfig:
     adjust_lr_fn: str = "match_rms_adamw"
     warmup_steps: int = 20
     monitor_every: int = 10
+    monitor_spectrum: str = "svd"  # "svd": exact float64 spectra; "gram": reuse NS's Gram (cheaper)
     quantiles: tuple[float, ...] = (0.1, 0.25, 0.5, 0.75, 0.9)
     eval_every: int = 100
     eval_batches: int = 8
     checkpoint_every: int = 200
-    bf16_autocast: bool = True
+    bf16_autocast: bool = False  # fp32 keeps bf16 rounding out of small singular values
     plan: dict | None = field(default=None, repr=False)
 
     def validate(self) -> TrainConfig:
@@ -183,7 +184,8 @@ def train(cfg: TrainConfig, out_dir: str | os.PathLike, *, resume: bool = False,
     store = RunStore.create(out, meta, exist_ok=resume)
     monitor = None
     if cfg.optimizer == "muon":
-        monitor = SpectralMonitor(optimizer, every=cfg.monitor_every, quantiles=cfg.quantiles, store=store)
+        monitor = SpectralMonitor(optimizer, every=cfg.monitor_every, quantiles=cfg.quantiles, store=store,
+                                  spectrum=cfg.monitor_spectrum)
     tokens_per_step = cfg.batch_size * block_size
     status, step, t0 = "complete", start, time.perf_counter()
     last_loss = float("nan")

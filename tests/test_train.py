@@ -1,0 +1,123 @@
+"""Tiny-preset training, resume, sweep and crash safety (seconds each)."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+import torch
+
+from muonscope.errors import ConfigError, StoreError
+from muonscope.experiments.sweep import plan_sweep, run_sweep
+from muonscope.experiments.train import CHECKPOINT, TrainConfig, load_checkpoint, train
+from muonscope.spectra.store import RunStore
+
+BASE = dict(preset="tiny", steps=30, batch_size=8, corpus_bytes=300_000, monitor_every=5, eval_every=15,
+            checkpoint_every=10, eval_batches=2, bf16_autocast=False)
+
+
+def test_loss_decreases_and_all_24_matrices_recorded(tmp_path):
+    summary = train(TrainConfig(**BASE), tmp_path / "run", progress=False)
+    assert summary["status"] == "complete" and summary["steps"] == 30
+    st = RunStore.open(tmp_path / "run")
+    m = st.metrics()
+    loss = m[m.name == "train_loss"].sort_values("step").value.to_numpy()
+    assert loss[-5:].mean() < loss[:5].mean() - 0.5
+    df = st.spectra()
+    assert df.param.nunique() == 24
+    assert set(df.layer_type) == {"q", "k", "v", "o", "mlp_up", "mlp_down"}
+    assert sorted(df.rel_depth.unique()) == [0.25, 0.5, 0.75, 1.0]
+    assert sorted(df.step.unique()) == [1, 5, 10, 15, 20, 25, 30]
+    assert (df.model_params == st.meta["model_params"]).all()
+    assert st.meta["status"] == "complete" and "final_val_loss" in st.meta
+
+
+def test_resume_is_bit_identical(tmp_path):
+    cfg = TrainConfig(**BASE)
+    train(cfg, tmp_path / "full", progress=False)
+    first = train(cfg, tmp_path / "split", progress=False, stop_after=13)
+    assert first["status"] == "interrupted" and first["steps"] == 13
+    train(cfg, tmp_path / "split", resume=True, progress=False)
+    a = load_checkpoint(tmp_path / "full" / CHECKPOINT)
+    b = load_checkpoint(tmp_path / "split" / CHECKPOINT)
+    assert a["step"] == b["step"] == 30
+    for k in a["model"]:
+        assert torch.equal(a["model"][k], b["model"][k]), k
+    sa, sb = RunStore.open(tmp_path / "full").spectra(), RunStore.open(tmp_path / "split").spectra()
+    assert len(sa) == len(sb) and not sb.duplicated(["step", "param"]).any()
+    assert (sa.s_q50.to_numpy() == sb.s_q50.to_numpy()).all()
+
+
+def test_sweep_resumes_after_kill_without_duplicates(tmp_path):
+    runs = plan_sweep(TrainConfig(**BASE), presets=("tiny",), seeds=(0, 1))
+    # Simulate a sweep killed during its second run: run 1 complete, run 2 stopped at step 13.
+    run_sweep(runs[:1], tmp_path, progress=False)
+    train(runs[1], tmp_path / "tiny-muon-s1", progress=False, stop_after=13)
+    rows = run_sweep(runs, tmp_path, progress=False)
+    assert [r["status"] for r in rows] == ["complete", "complete"]
+    manifest = json.loads((tmp_path / "sweep.json").read_text())
+    assert all(e["status"] == "complete" for e in manifest["runs"].values())
+    df = RunStore.open(tmp_path / "tiny-muon-s1").spectra()
+    assert not df.duplicated(["step", "param"]).any() and df.step.max() == 30
+
+
+def test_bad_presets_and_corpora(tmp_path):
+    with pytest.raises(ConfigError, match="unknown model preset"):
+        TrainConfig(preset="huge").validate()
+    with pytest.raises(ConfigError):
+        train(TrainConfig(**{**BASE, "corpus": str(tmp_path / "missing")}), tmp_path / "r", progress=False)
+    with pytest.raises(ConfigError):
+        TrainConfig(**{**BASE, "steps": 0}).validate()
+    with pytest.raises(ConfigError):
+        plan_sweep(TrainConfig(**BASE), presets=())
+    train(TrainConfig(**{**BASE, "steps": 2}), tmp_path / "x", progress=False)
+    with pytest.raises(StoreError, match="already holds a run"):
+        train(TrainConfig(**{**BASE, "steps": 2}), tmp_path / "x", progress=False)
+    with pytest.raises(ConfigError, match="different configuration"):
+        train(TrainConfig(**{**BASE, "steps": 4, "seed": 9}), tmp_path / "x", resume=True, progress=False)
+
+
+KILL_SCRIPT = textwrap.dedent("""
+    import sys, torch
+    from muonscope.optim import Muon
+    from muonscope.spectra.monitor import SpectralMonitor
+    from muonscope.spectra.store import RunStore
+    torch.manual_seed(0)
+    W = [torch.nn.Parameter(torch.randn(16, 24)) for _ in range(3)]
+    opt = Muon([(f"blocks.{i}.mlp.up.weight", w) for i, w in enumerate(W)], lr=0.01)
+    store = RunStore.create(sys.argv[1], {"model_params": 1152}, flush_rows=6, flush_seconds=1e9)
+    mon = SpectralMonitor(opt, every=1, store=store)
+    step = 0
+    while True:
+        for w in W:
+            w.grad = torch.randn_like(w)
+        opt.step()
+        step += 1
+        if step % 2 == 0:   # 3 matrices x 2 steps = 6 rows = one flush
+            print(step, flush=True)
+""")
+
+
+def test_sigkill_leaves_a_readable_store(tmp_path):
+    proc = subprocess.Popen([sys.executable, "-c", KILL_SCRIPT, str(tmp_path / "run")],
+                            stdout=subprocess.PIPE, text=True)
+    try:
+        for line in proc.stdout:
+            if int(line) >= 40:
+                break
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    time.sleep(0.1)
+    df = RunStore.open(tmp_path / "run").spectra()
+    assert not df.isna().any().any()  # every stored row is complete
+    steps = sorted(df.step.unique())
+    assert steps == list(range(1, steps[-1] + 1))  # a gapless prefix
+    assert all((df.step == s).sum() == 3 for s in steps)
+    assert steps[-1] >= 40  # lost at most the unflushed buffer after the last reported flush
