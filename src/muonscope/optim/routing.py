@@ -1,0 +1,263 @@
+"""Which parameters Muon optimizes, and one optimizer object that also runs AdamW for the rest.
+
+Routing rules (first match wins): explicit ``adamw=`` / ``muon=`` overrides (regex on the
+parameter name, a list of them, or a predicate ``f(name, param) -> bool``); tensors with < 2 dims
+(biases, norm gains) → AdamW; parameters of ``nn.Embedding``/``nn.EmbeddingBag`` (including output
+heads tied to them) → AdamW; parameters of a module whose own name is an output-head name
+(``lm_head``, ``head``, ``classifier``, ``fc``, ``output``, ``score``, ``logits``) → AdamW;
+everything else with ≥ 2 dims (hidden linear weights, fused QKV, conv kernels) → Muon.
+Frozen parameters (``requires_grad=False``) are left out.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterable
+from typing import NamedTuple
+
+import torch
+from torch import nn
+from torch.optim import Optimizer
+
+from muonscope.errors import ConfigError, NonFiniteError
+from muonscope.optim.muon import DEFAULT_NS_COEFFICIENTS, NONFINITE_POLICIES, Muon
+
+HEAD_NAMES = ("lm_head", "head", "classifier", "fc", "output", "score", "logits")
+
+Selector = str | Iterable[str] | Callable[[str, torch.Tensor], bool] | None
+
+
+class ParamSplit(NamedTuple):
+    """``(muon, adamw)``: lists of ``(name, parameter)``."""
+
+    muon: list[tuple[str, nn.Parameter]]
+    adamw: list[tuple[str, nn.Parameter]]
+
+
+def _matcher(sel: Selector) -> Callable[[str, torch.Tensor], bool]:
+    if sel is None:
+        return lambda name, p: False
+    if callable(sel):
+        return sel
+    pats = [sel] if isinstance(sel, str) else list(sel)
+    try:
+        compiled = [re.compile(p) for p in pats]
+    except (re.error, TypeError) as exc:
+        raise ConfigError(f"override patterns must be regular expressions, got {sel!r}: {exc}") from exc
+    return lambda name, p: any(c.search(name) for c in compiled)
+
+
+def route(name: str, param: torch.Tensor, owner: nn.Module | None, owner_name: str, *,
+          tied_to_embedding: bool = False, head_names: Iterable[str] = HEAD_NAMES) -> tuple[str, str]:
+    """("muon" | "adamw", reason) for one parameter by the built-in rules."""
+    if param.ndim < 2:
+        return "adamw", f"{param.ndim}-D tensor"
+    if isinstance(owner, (nn.Embedding, nn.EmbeddingBag)) or tied_to_embedding:
+        return "adamw", "embedding"
+    if owner_name.rsplit(".", 1)[-1] in set(head_names):
+        return "adamw", "output head"
+    return "muon", "hidden matrix"
+
+
+def split_params(model: nn.Module, *, muon: Selector = None, adamw: Selector = None,
+                 head_names: Iterable[str] = HEAD_NAMES) -> ParamSplit:
+    """Split ``model``'s trainable parameters into Muon and AdamW lists (see module docstring)."""
+    if not isinstance(model, nn.Module):
+        raise ConfigError(f"split_params needs an nn.Module, got {type(model).__name__}")
+    to_muon, to_adamw = _matcher(muon), _matcher(adamw)
+    owners: dict[int, tuple[nn.Module, str]] = {}
+    embedded: set[int] = set()
+    for mod_name, mod in model.named_modules(remove_duplicate=False):
+        for pname, p in mod.named_parameters(recurse=False):
+            owners.setdefault(id(p), (mod, mod_name))
+            if isinstance(mod, (nn.Embedding, nn.EmbeddingBag)):
+                embedded.add(id(p))
+            del pname
+    out = ParamSplit([], [])
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        m, a = to_muon(name, p), to_adamw(name, p)
+        if m and a:
+            raise ConfigError(f"parameter {name!r} matches both the muon and the adamw overrides; make them disjoint")
+        if m:
+            if p.ndim < 2:
+                raise ConfigError(f"parameter {name!r} has shape {tuple(p.shape)}; Muon needs >= 2 dims")
+            dest = "muon"
+        elif a:
+            dest = "adamw"
+        else:
+            owner, owner_name = owners.get(id(p), (None, name.rsplit(".", 1)[0]))
+            dest, _ = route(name, p, owner, owner_name, tied_to_embedding=id(p) in embedded,
+                            head_names=head_names)
+        (out.muon if dest == "muon" else out.adamw).append((name, p))
+    return out
+
+
+class MuonWithAdamW(Optimizer):
+    """Muon for hidden matrices and AdamW for the rest, as one optimizer.
+
+    ``model_or_groups`` is an ``nn.Module`` (split by :func:`split_params` with the ``muon_params``
+    / ``adamw_params`` overrides), a :class:`ParamSplit`, or a list of param-group dicts each with
+    ``"use_muon": bool``. Muon arguments are :class:`Muon`'s; ``adamw_*`` default to
+    ``torch.optim.AdamW``'s. One ``step()``, one ``zero_grad()``, one ``state_dict()``; ``param_groups``
+    lists Muon's groups then AdamW's (each with ``use_muon``), so ``torch.optim.lr_scheduler``
+    schedules both. The ``nonfinite`` policy covers AdamW parameters too.
+    """
+
+    def __init__(self, model_or_groups, lr: float = 1e-3, weight_decay: float = 0.1,
+                 momentum: float = 0.95, nesterov: bool = True,
+                 ns_coefficients: tuple[float, float, float] = DEFAULT_NS_COEFFICIENTS,
+                 eps: float = 1e-7, ns_steps: int | None = None, adjust_lr_fn: str | None = None, *,
+                 adamw_lr: float = 1e-3, adamw_betas: tuple[float, float] = (0.9, 0.999),
+                 adamw_eps: float = 1e-8, adamw_weight_decay: float = 1e-2,
+                 muon_params: Selector = None, adamw_params: Selector = None,
+                 nonfinite: str = "raise", **muon_options) -> None:
+        if nonfinite not in NONFINITE_POLICIES:
+            raise ConfigError(f"nonfinite must be one of {NONFINITE_POLICIES}, got {nonfinite!r}")
+        muon_groups, adamw_groups = self._groups(model_or_groups, muon_params, adamw_params)
+        self.nonfinite = nonfinite
+        self.muon = Muon(muon_groups, lr=lr, weight_decay=weight_decay, momentum=momentum,
+                         nesterov=nesterov, ns_coefficients=ns_coefficients, eps=eps, ns_steps=ns_steps,
+                         adjust_lr_fn=adjust_lr_fn, nonfinite=nonfinite, **muon_options) if muon_groups else None
+        self.adamw = torch.optim.AdamW(adamw_groups, lr=adamw_lr, betas=adamw_betas, eps=adamw_eps,
+                                       weight_decay=adamw_weight_decay) if adamw_groups else None
+        if self.muon is None and self.adamw is None:
+            raise ConfigError("MuonWithAdamW got no trainable parameters")
+        for opt, flag in ((self.muon, True), (self.adamw, False)):
+            for g in opt.param_groups if opt is not None else ():
+                g["use_muon"] = flag
+        self._adamw_stats = {"adamw_skipped_nonfinite": 0, "last_adamw_skipped_nonfinite": 0}
+        self._ready = False
+        super().__init__([{"params": []}], {})
+        self._ready = True
+
+    @staticmethod
+    def _groups(spec, muon_sel, adamw_sel) -> tuple[list[dict], list[dict]]:
+        if isinstance(spec, nn.Module):
+            spec = split_params(spec, muon=muon_sel, adamw=adamw_sel)
+        elif muon_sel is not None or adamw_sel is not None:
+            raise ConfigError("muon_params/adamw_params overrides apply only when a model is given")
+        if isinstance(spec, ParamSplit):
+            return ([{"params": spec.muon}] if spec.muon else [],
+                    [{"params": spec.adamw}] if spec.adamw else [])
+        groups = list(spec)
+        if not groups or not all(isinstance(g, dict) and isinstance(g.get("use_muon"), bool) for g in groups):
+            raise ConfigError("pass a model, a ParamSplit, or a list of param-group dicts each with "
+                              "'params' and 'use_muon': True/False")
+        strip = [{k: v for k, v in g.items() if k != "use_muon"} for g in groups]
+        return ([s for s, g in zip(strip, groups, strict=True) if g["use_muon"]],
+                [s for s, g in zip(strip, groups, strict=True) if not g["use_muon"]])
+
+    def _subs(self) -> list[Optimizer]:
+        return [o for o in (self.muon, self.adamw) if o is not None]
+
+    @property
+    def param_groups(self) -> list[dict]:
+        if not getattr(self, "_ready", False):
+            return []
+        return [g for o in self._subs() for g in o.param_groups]
+
+    @param_groups.setter
+    def param_groups(self, value) -> None:  # set by Optimizer.__init__; the sub-optimizers own groups
+        pass
+
+    @property
+    def state(self) -> dict:
+        if not getattr(self, "_ready", False):
+            return {}
+        return {k: v for o in self._subs() for k, v in o.state.items()}
+
+    @state.setter
+    def state(self, value) -> None:
+        pass
+
+    @property
+    def stats(self) -> dict:
+        """Muon's statistics plus AdamW's skipped non-finite count."""
+        base = dict(self.muon.stats) if self.muon is not None else {}
+        return base | self._adamw_stats
+
+    def add_param_group(self, param_group: dict) -> None:
+        """Add a group to Muon (``use_muon=True``) or AdamW (``use_muon=False``)."""
+        if not getattr(self, "_ready", False):
+            return
+        use_muon = param_group.pop("use_muon", None)
+        if not isinstance(use_muon, bool):
+            raise ConfigError("a param group for MuonWithAdamW needs 'use_muon': True or False")
+        target = self.muon if use_muon else self.adamw
+        if target is None:
+            raise ConfigError(f"this MuonWithAdamW was built without {'Muon' if use_muon else 'AdamW'} parameters")
+        target.add_param_group(param_group)
+        target.param_groups[-1]["use_muon"] = use_muon
+
+    def register_orth_hook(self, hook):
+        """See :meth:`Muon.register_orth_hook`."""
+        if self.muon is None:
+            raise ConfigError("no Muon parameters to observe")
+        return self.muon.register_orth_hook(hook)
+
+    def _adamw_nonfinite(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Check AdamW gradients; on 'skip' return (param, grad) pairs to hide from AdamW."""
+        self._adamw_stats["last_adamw_skipped_nonfinite"] = 0
+        if self.adamw is None:
+            return []
+        named = []
+        for gi, g in enumerate(self.adamw.param_groups):
+            names = g.get("param_names") or [f"adamw{gi}.param{j}" for j in range(len(g["params"]))]
+            named += [(n, p) for n, p in zip(names, g["params"], strict=True) if p.grad is not None]
+        if not named:
+            return []
+        bad = torch.stack([torch.logical_not(torch.isfinite(p.grad).all()).cpu() for _, p in named]).tolist()
+        if not any(bad):
+            return []
+        names = [n for (n, _), b in zip(named, bad, strict=True) if b]
+        if self.nonfinite == "raise":
+            raise NonFiniteError(
+                f"non-finite gradient (NaN/Inf) in {len(names)} AdamW parameter(s): {', '.join(names[:5])}; "
+                "nothing was updated. Check the loss and lr, or construct the optimizer with nonfinite='skip'")
+        self._adamw_stats["adamw_skipped_nonfinite"] += len(names)
+        self._adamw_stats["last_adamw_skipped_nonfinite"] = len(names)
+        return [(p, p.grad) for (_, p), b in zip(named, bad, strict=True) if b]
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        """Muon step, then AdamW step; on 'raise' nothing is touched when any gradient is non-finite."""
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        hidden = self._adamw_nonfinite()
+        if self.muon is not None:
+            self.muon.step()
+        if self.adamw is not None:
+            for p, _ in hidden:
+                p.grad = None
+            try:
+                self.adamw.step()
+            finally:
+                for p, g in hidden:
+                    p.grad = g
+        return loss
+
+    def state_dict(self) -> dict:
+        return {"muon": self.muon.state_dict() if self.muon is not None else None,
+                "adamw": self.adamw.state_dict() if self.adamw is not None else None,
+                "adamw_stats": dict(self._adamw_stats)}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        for key, opt in (("muon", self.muon), ("adamw", self.adamw)):
+            if (opt is None) != (state_dict.get(key) is None):
+                raise ConfigError(f"state dict and optimizer disagree on whether there are {key} parameters")
+            if opt is not None:
+                opt.load_state_dict(state_dict[key])
+                for g in opt.param_groups:
+                    g["use_muon"] = key == "muon"
+        self._adamw_stats.update(state_dict.get("adamw_stats", {}))
+
+    def __getstate__(self) -> dict:
+        return {"defaults": {}, "muon": self.muon, "adamw": self.adamw, "nonfinite": self.nonfinite,
+                "_adamw_stats": self._adamw_stats, "_ready": True}
+
+    def __setstate__(self, state: dict) -> None:
+        super().__setstate__(state)
