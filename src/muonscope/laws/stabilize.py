@@ -4,17 +4,24 @@ Rule (per run, matrix and quantile level; on y_t = log s_q at the sampled steps,
 
 1. Level L = median of y over the last ``tail_frac`` of the samples.
 2. Noise σ̂ = 1.4826·MAD(Δy)/√2 (first differences: robust to a slow trend); the rolling median
-   m_t over a centred window of w samples has standard error ≈ 1.2533·σ̂/√w.
-3. Tolerance band: |m_t − L| ≤ δ, δ = max(log(1 + ``rel_tol``), 3·1.2533·σ̂/√w).
-4. Burn-in ends at the first sample from which m stays inside the band to the end.
+   m_t over a centred window of w samples and L (n_L samples) differ on a plateau by noise of
+   standard error ≈ 1.2533·σ̂·√(1/w + 1/n_L).
+3. Tolerance band: |m_t − L| ≤ δ, δ = max(log(1 + ``rel_tol``), 4·1.2533·σ̂·√(1/w + 1/n_L)).
+4. Burn-in ends at the first sample inside the band from which m stays within twice the band to
+   the end (the hysteresis keeps one late noise excursion of the rolling median from resetting
+   the burn-in; a real late change of level exceeds 2δ or fails the drift test below).
 5. The run is *stable* when the stable segment holds at least ``min_stable_frac`` of the samples
    (and ``min_points``), and its linear drift is not significantly larger than the band:
    |Δ̂| − 2·se(Δ̂) ≤ δ, Δ̂ the OLS change of y across the segment. Otherwise it is flagged with a
-   reason and excluded from power-law fits.
+   reason and excluded from power-law fits. (Measured at 5% log-noise and 100 samples: a steady
+   drift by ×2 over the run is flagged 96% of the time, by ×1.5 about 40% of the time; a
+   stable run's rolling median stays within 2δ of the final level L, which bounds the bias.)
 
-Stabilized value: exp(mean of y over the stable segment) (a geometric mean), with a percentile
-confidence interval from a moving-block bootstrap over steps (block length ⌈n^{1/3}⌉, which keeps
-the short-range autocorrelation of sampled quantiles inside blocks).
+Stabilized value: exp(mean of y) over the settled second half of the stable segment (a geometric
+mean; the first half may still carry up to a band's worth of the decaying transient, which would
+bias the mean by about one standard error), with a percentile confidence interval from a
+moving-block bootstrap over steps (block length ⌈n^{1/3}⌉, which keeps the short-range
+autocorrelation of sampled quantiles inside blocks).
 """
 
 from __future__ import annotations
@@ -67,10 +74,10 @@ class Stabilization:
     n_dropped: int  # non-positive or non-finite samples ignored
     burn_in_step: int | None  # first step of the stable segment
     burn_in_index: int | None
-    value: float  # exp(mean log s) over the stable segment (NaN if none)
+    value: float  # exp(mean log s) over the second half of the stable segment (NaN if none)
     ci_low: float
     ci_high: float
-    log_se: float  # bootstrap standard error of the mean of log s
+    log_se: float  # bootstrap standard error of that mean of log s
     band: float  # δ, half-width of the tolerance band in log units
     drift: float  # OLS change of log s across the stable segment
 
@@ -136,12 +143,16 @@ def detect_stabilization(steps, values, settings: StabilizeSettings | None = Non
         return flagged(f"only {n} positive samples (need {st.min_points}); sample the run more often")
     w = max(3, int(round(st.window_frac * n)) | 1)
     m = _rolling_median(y, w)
-    level = float(np.median(y[n - max(1, int(math.ceil(st.tail_frac * n))):]))
+    n_tail = max(1, int(math.ceil(st.tail_frac * n)))
+    level = float(np.median(y[n - n_tail:]))  # L
     d = np.diff(y)
     sigma = 1.4826 * float(np.median(np.abs(d - np.median(d)))) / math.sqrt(2)
-    band = max(math.log1p(st.rel_tol), 3 * 1.2533 * sigma / math.sqrt(w))
-    outside = np.nonzero(np.abs(m - level) > band)[0]
-    start = int(outside[-1] + 1) if outside.size else 0
+    band = max(math.log1p(st.rel_tol), 4 * 1.2533 * sigma * math.sqrt(1 / w + 1 / n_tail))
+    dev = np.abs(m - level)
+    outside = np.nonzero(dev > 2 * band)[0]
+    after = int(outside[-1] + 1) if outside.size else 0
+    inside = np.nonzero(dev[after:] <= band)[0]
+    start = after + int(inside[0]) if inside.size else n
     seg = slice(start, n)
     n_seg = n - start
     change, change_se = _drift(steps[seg].astype(np.float64), y[seg])
@@ -152,7 +163,7 @@ def detect_stabilization(steps, values, settings: StabilizeSettings | None = Non
     if abs(change) - 2 * change_se > band:
         return flagged(f"still drifting: log s changes by {change:+.3f} over the stable segment "
                        f"(band {band:.3f}); train longer", band, change, start)
-    ys = y[seg]
+    ys = y[start + n_seg // 2:]
     boots = _block_bootstrap_means(ys, st.n_boot, rng)
     alpha = (1 - st.level) / 2
     lo, hi = np.quantile(boots, [alpha, 1 - alpha])
