@@ -205,7 +205,7 @@ def train(cfg: TrainConfig, out_dir: str | os.PathLike, *, resume: bool = False,
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             step += 1
-            last_loss = float(loss)
+            last_loss = float(loss.detach())
             if not math.isfinite(last_loss):
                 raise FloatingPointError(f"training loss became {last_loss} at step {step}")
             elapsed = time.perf_counter() - t0
