@@ -363,7 +363,7 @@ class Muon(Optimizer):
         device = flags[0].device
         bad = torch.stack([f.to(device) for f in flags]).to(torch.int32)
         if ctx:
-            bad = ctx.all_reduce_max_(bad.cpu() if ctx.group is None and device.type == "cpu" else bad)
+            bad = ctx.all_reduce_max_(bad)  # every rank takes the same decision
         bad = bad.tolist()
         if not any(bad):
             return items

@@ -1,0 +1,191 @@
+"""Distributed Muon: 2 gloo processes on loopback against one process.
+
+The test runs this file as a script once per rank (``python test_optim_distributed.py RANK WORLD
+PORT OUT``); each rank saves its results, and the test compares them with a single-process run.
+Three setups: replicated parameters with identical gradients (plus a row-split parameter), DDP with
+a different half-batch per rank through MuonWithAdamW, and DTensor (Shard(0)) parameters.
+"""
+
+import os
+import socket
+import subprocess
+import sys
+from collections import OrderedDict
+
+import torch
+from torch import nn
+
+from muonscope.optim import Muon, MuonWithAdamW
+from muonscope.optim.distributed import assign_owners
+
+STEPS = 4
+
+
+def _model():
+    torch.manual_seed(0)
+    return nn.Sequential(OrderedDict(
+        l0=nn.Linear(12, 24), a0=nn.Tanh(), l1=nn.Linear(24, 24), a1=nn.Tanh(), l2=nn.Linear(24, 24),
+        a2=nn.Tanh(), l3=nn.Linear(24, 48), a3=nn.Tanh(), l4=nn.Linear(48, 24), a4=nn.Tanh(),
+        head=nn.Linear(24, 6)))
+
+
+def _data(step):
+    g = torch.Generator().manual_seed(100 + step)
+    return torch.randn(16, 12, generator=g), torch.randn(16, 6, generator=g)
+
+
+def _loss(model, x, y):
+    return nn.functional.mse_loss(model(x), y)
+
+
+class _Names:
+    def __init__(self):
+        self.names = []
+
+    def wants_spectrum(self, step):
+        return step == 2
+
+    def on_orthogonalize(self, event):
+        assert (event.spectrum is not None) == (event.step == 2)
+        self.names.append((event.step, event.name, event.process_rank))
+
+
+def run_replicated(extra_param):
+    """Muon on hidden weights (and a 3-block split param), identical gradients everywhere."""
+    model = _model()
+    weights = [(n, p) for n, p in model.named_parameters() if n.endswith("weight")]
+    opt = Muon([{"params": weights}, {"params": [("qkv", extra_param)], "split": 3}], lr=0.02,
+               weight_decay=0.1, ns_dtype=torch.float32)
+    rec = _Names()
+    opt.register_orth_hook(rec)
+    for step in range(STEPS):
+        x, y = _data(step)
+        opt.zero_grad()
+        _loss(model, x, y).backward()
+        g = torch.Generator().manual_seed(7 + step)
+        extra_param.grad = torch.randn(extra_param.shape, generator=g)
+        opt.step()
+    params = {n: p.detach().clone() for n, p in model.named_parameters()}
+    params["qkv"] = extra_param.detach().clone()
+    return params, rec.names, dict(opt.stats)
+
+
+def run_combined(model, rank=0, world=1):
+    """MuonWithAdamW; with world > 1 ``model`` is DDP-wrapped and each rank sees half the batch."""
+    inner = model.module if hasattr(model, "module") else model
+    opt = MuonWithAdamW(inner, lr=0.02, weight_decay=0.1, adamw_lr=1e-2, ns_dtype=torch.float32)
+    for step in range(STEPS):
+        x, y = _data(step)
+        opt.zero_grad()
+        _loss(model, x.chunk(world)[rank], y.chunk(world)[rank]).backward()
+        opt.step()
+    return {n: p.detach().clone() for n, p in inner.named_parameters()}
+
+
+def _dtensor_problem():
+    g = torch.Generator().manual_seed(5)
+    ws = [torch.randn(16, 10, generator=g), torch.randn(8, 8, generator=g), torch.randn(16, 10, generator=g)]
+    grads = [[torch.randn(w.shape, generator=g) for w in ws] for _ in range(STEPS)]
+    return ws, grads
+
+
+def run_dtensor(mesh=None):
+    ws, grads = _dtensor_problem()
+    if mesh is not None:
+        from torch.distributed.tensor import Shard, distribute_tensor
+
+        params = [nn.Parameter(distribute_tensor(w, mesh, [Shard(0)])) for w in ws]
+    else:
+        params = [nn.Parameter(w.clone()) for w in ws]
+    opt = Muon(params, lr=0.05, weight_decay=0.1, ns_dtype=torch.float32)
+    for step in range(STEPS):
+        for p, gr in zip(params, grads[step], strict=True):
+            p.grad = distribute_tensor(gr, mesh, [Shard(0)]) if mesh is not None else gr.clone()
+        opt.step()
+    return [p.full_tensor().detach() if mesh is not None else p.detach().clone() for p in params]
+
+
+def _worker(rank, world, port, out):
+    import torch.distributed as dist
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.nn.parallel import DistributedDataParallel
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+    try:
+        torch.manual_seed(11)
+        replicated = run_replicated(nn.Parameter(torch.randn(18, 10)))
+        ddp = DistributedDataParallel(_model())
+        combined = run_combined(ddp, rank, world)
+        dtensor = run_dtensor(init_device_mesh("cpu", (world,)))
+        torch.save({"replicated": replicated, "combined": combined, "dtensor": dtensor}, out)
+    finally:
+        dist.destroy_process_group()
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_gloo_processes_match_one(tmp_path):
+    world, port = 2, _free_port()
+    outs = [tmp_path / f"rank{r}.pt" for r in range(world)]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    procs = [subprocess.Popen([sys.executable, __file__, str(r), str(world), str(port), str(outs[r])],
+                              env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+             for r in range(world)]
+    logs = []
+    for p in procs:
+        try:
+            logs.append(p.communicate(timeout=180)[0].decode())
+        except subprocess.TimeoutExpired:
+            for q in procs:
+                q.kill()
+            raise
+    assert all(p.returncode == 0 for p in procs), "\n".join(logs)
+    res = [torch.load(o, weights_only=True) for o in outs]
+
+    torch.manual_seed(11)
+    ref_params, ref_events, ref_stats = run_replicated(nn.Parameter(torch.randn(18, 10)))
+    ref_combined = run_combined(_model())
+    ref_dtensor = run_dtensor()
+
+    # Every rank ends with bit-identical parameters ...
+    for key in ("replicated", "combined"):
+        a, b = (r[key][0] if key == "replicated" else r[key] for r in res)
+        assert all(torch.equal(a[n], b[n]) for n in a)
+    assert all(torch.equal(x, y) for x, y in zip(res[0]["dtensor"], res[1]["dtensor"], strict=True))
+    # ... equal to one process up to fp32 summation order (batched vs. single products; DDP's
+    # all-reduced mean vs. a full-batch mean).
+    for n, p in ref_params.items():
+        torch.testing.assert_close(res[0]["replicated"][0][n], p, rtol=0, atol=2e-6)
+    for n, p in ref_combined.items():
+        torch.testing.assert_close(res[0]["combined"][n], p, rtol=0, atol=2e-5)
+    for x, y in zip(res[0]["dtensor"], ref_dtensor, strict=True):
+        torch.testing.assert_close(x, y, rtol=0, atol=2e-6)
+
+    # Each matrix is orthogonalized (and reported) by exactly one rank, work split by FLOPs.
+    events = [e for r in res for e in r["replicated"][1]]
+    assert sorted((s, n) for s, n, _ in events) == sorted((s, n) for s, n, _ in ref_events)
+    ranks = {r for _, _, r in events}
+    assert ranks == {0, 1}
+    s0, s1 = (r["replicated"][2] for r in res)
+    assert s0["last_ns_flops"] == s1["last_ns_flops"] == ref_stats["last_ns_flops"]
+    assert s0["last_local_ns_flops"] + s1["last_local_ns_flops"] == ref_stats["last_ns_flops"]
+    assert max(s0["last_local_ns_flops"], s1["last_local_ns_flops"]) <= 0.75 * ref_stats["last_ns_flops"]
+
+
+def test_assign_owners_balances_and_is_deterministic():
+    flops = [100, 100, 40, 30, 30, 30, 10, 5]
+    owners = assign_owners(flops, 2)
+    assert owners == assign_owners(list(flops), 2)
+    loads = [sum(f for f, o in zip(flops, owners, strict=True) if o == r) for r in range(2)]
+    assert abs(loads[0] - loads[1]) <= max(flops[2:])  # LPT: imbalance below one non-top item
+    assert assign_owners([7, 7, 7], 1) == [0, 0, 0]
+    assert sorted(assign_owners([1] * 6, 3)) == [0, 0, 1, 1, 2, 2]
+
+
+if __name__ == "__main__":
+    _worker(int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), sys.argv[4])
