@@ -90,8 +90,9 @@ def plan_options(ell: float, rho: float = 0.1, *, families: Sequence[str] = FAMI
                  max_steps: int = 16, safety: float = 1.01) -> tuple[Option, ...]:
     """Fewest steps per family with τ_ρ(k) ≤ ℓ."""
     if not (_MIN_ELL <= ell <= 1):
-        raise ConfigError(f"the predicted lower bound s = {ell:.3g} is outside [{_MIN_ELL:g}, 1]: "
-                          "NS cannot be planned for it; check the laws and the target size")
+        raise ConfigError(f"the predicted lower bound s = {ell:.3g} is outside [{_MIN_ELL:g}, 1], where NS "
+                          "thresholds can be resolved: the law is extrapolated too far for this target size "
+                          "(plan a smaller size, or use exact polar for that layer)")
     out = []
     for fam in families:
         sched = _designed(round_down_2sig(ell), float(safety)) if fam == "designed" else get_schedule(fam)

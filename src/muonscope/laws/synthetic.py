@@ -2,7 +2,7 @@
 
 Run i (size M, seed) holds, per matrix (layer type t, block b) and quantile level q, the trajectory
 
-    s_q(step) = C_q · M^(−α_{t,d}) · (1 + A·e^(−step/τ)) · e^(ε_run + ε_step),
+    s_q(step) = C_q · (M/M₀)^(−α_{t,d}) · (1 + A·e^(−step/τ)) · e^(ε_run + ε_step),
 
 with rel_depth d = (b + 1)/n_blocks, C_q = C·(1 − 0.9·q) (so s_0.1 > … > s_0.9), a burn-in
 transient of relative amplitude A and time constant τ, a per-run offset ε_run ~ N(0, σ_run²) shared
@@ -25,7 +25,7 @@ DEFAULT_TYPES = ("q", "k", "v", "o", "mlp_up", "mlp_down")
 
 
 def synthetic_records(sizes: Sequence[float], *, alpha: float | Callable[[str, float], float] = 0.25,
-                      c: float = 0.5, qs: Sequence[float] = (0.1, 0.25, 0.5, 0.75, 0.9),
+                      c: float = 0.1, m0: float = 1e6, qs: Sequence[float] = (0.1, 0.25, 0.5, 0.75, 0.9),
                       layer_types: Sequence[str] = DEFAULT_TYPES, n_blocks: int = 4,
                       steps: Sequence[int] | None = None, burn_in_amp: float = 2.0, tau: float = 60.0,
                       sigma_step: float = 0.05, sigma_run: float = 0.02, sigma_q: float = 0.01,
@@ -33,16 +33,15 @@ def synthetic_records(sizes: Sequence[float], *, alpha: float | Callable[[str, f
                       width0: int = 64, seed: int = 0) -> pd.DataFrame:
     """Spectral-record DataFrame for runs at ``sizes`` (× ``seeds``) with known exponents.
 
-    ``alpha`` is a number or a function (layer_type, rel_depth) → α. Widths grow like √M
-    (r = width0·√(M/M₀)); MLP matrices are width × 4·width.
+    ``alpha`` is a number or a function (layer_type, rel_depth) → α; ``c`` is s_0 at M = ``m0``.
+    Widths grow like √M (width0 at the smallest size); MLP matrices are width × 4·width.
     """
     rng = np.random.default_rng(seed)
     steps = np.arange(10, 1001, 10) if steps is None else np.asarray(steps)
     afn = alpha if callable(alpha) else (lambda _t, _d: float(alpha))
-    m0 = float(min(sizes))
     rows = []
     for m in sizes:
-        width = max(4, int(round(width0 * math.sqrt(m / m0))))
+        width = max(4, int(round(width0 * math.sqrt(m / min(sizes)))))
         for sd in range(seeds):
             run_id = f"synth-{m:.3g}-s{sd}"
             for b in range(n_blocks):
@@ -60,7 +59,7 @@ def synthetic_records(sizes: Sequence[float], *, alpha: float | Callable[[str, f
                         rec = dict(base, step=int(st))
                         for q in qs:
                             aq = a + alpha_q_slope * (q - 0.5)
-                            rec[quantile_column(q)] = (c * (1 - 0.9 * q) * m ** (-aq) * offset * trend[i]
+                            rec[quantile_column(q)] = (c * (1 - 0.9 * q) * (m / m0) ** (-aq) * offset * trend[i]
                                                        * math.exp(rng.normal(0, sigma_q)))
                         rows.append(rec)
     return pd.DataFrame(rows)

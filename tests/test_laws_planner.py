@@ -1,0 +1,175 @@
+"""NS planner: choices verified with the exact scalar map; plan JSON consumed by the optimizer."""
+
+import json
+import math
+
+import numpy as np
+import pytest
+from scipy import stats
+
+from muonscope.errors import ConfigError, ScheduleError
+from muonscope.laws import fit_laws, make_plan, names_from_records
+from muonscope.laws.planner import choose
+from muonscope.laws.synthetic import synthetic_records
+from muonscope.orth.analysis import composed_map
+
+STEPS = np.arange(10, 601, 10)
+TARGETS = (1.2e8, 7e9, 7e10, 1e12)
+
+
+def _alpha(lt, d):
+    return 0.25 if d < 1 else {"q": 0.46, "k": 0.38, "v": 0.58, "o": 0.66, "mlp_up": 0.96, "mlp_down": 0.52}[lt]
+
+
+@pytest.fixture(scope="module")
+def records():
+    return synthetic_records([2e6, 8e6, 3.2e7, 1.28e8], alpha=_alpha, steps=STEPS, qs=(0.25, 0.5, 0.9),
+                             sigma_step=0.05, sigma_run=0.05, seed=3)
+
+
+@pytest.fixture(scope="module")
+def laws(records):
+    return fit_laws(records, n_boot=300)
+
+
+def min_on(schedule, steps, lo):
+    """min of the composed map over [lo, 1] on a dense grid (log and linear)."""
+    s = np.unique(np.concatenate([np.geomspace(lo, 1.0, 40001), np.linspace(lo, 1.0, 40001)]))
+    return float(composed_map(schedule, steps, s).min())
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_choices_lift_the_pessimistic_quantile_and_one_step_less_does_not(laws, target):
+    rho = 0.1
+    plan = make_plan(laws, target, quantile=0.5, rho=rho)
+    assert len(plan.by_depth) == 24 and set(plan.by_type) == {"q", "k", "v", "o", "mlp_up", "mlp_down"}
+    for c in [*plan.by_depth, *plan.by_type.values()]:
+        lo = c.prediction.low
+        assert c.ell == lo and lo < c.prediction.center < c.prediction.high
+        assert min_on(c.schedule, c.steps, lo) >= rho
+        assert composed_map(c.schedule, c.steps, lo) >= rho
+        # one fewer step of the chosen schedule fails somewhere in [lo, 1]
+        assert min_on(c.schedule, c.steps - 1, lo) < rho
+        # and no candidate family is cheaper: each fails with fewer steps
+        for o in c.options:
+            if o.steps is not None:
+                assert o.steps >= c.steps
+                assert min_on(o.schedule, o.steps, lo) >= rho > min_on(o.schedule, o.steps - 1, lo)
+        assert c.matmuls == 3 * c.steps
+        if c.schedule.name.startswith("designed-"):
+            assert float(c.schedule.name.split("-", 1)[1]) <= lo
+
+
+def test_prediction_interval_is_the_textbook_one(laws):
+    f = laws.get("mlp_up", 1.0, 0.5)
+    x, y = np.log(f.sizes), np.log(f.values)
+    ref = stats.linregress(x, y)
+    n = x.size
+    sig = np.sqrt(((y - ref.intercept - ref.slope * x) ** 2).sum() / (n - 2))
+    x0 = math.log(7e10)
+    half = stats.t.ppf(0.975, n - 2) * sig * math.sqrt(1 + 1 / n + (x0 - x.mean()) ** 2 / ((x - x.mean()) ** 2).sum())
+    c = next(c for c in make_plan(laws, 7e10).by_depth if c.layer_type == "mlp_up" and c.rel_depth == 1.0)
+    assert math.log(c.prediction.low) == pytest.approx(ref.intercept + ref.slope * x0 - half, rel=1e-9)
+
+
+def test_steep_late_layers_need_more_and_bigger_models_need_more(laws):
+    plans = [make_plan(laws, t) for t in TARGETS]
+    for lt in ("q", "mlp_up"):
+        steps = [p.by_type[lt].steps for p in plans]
+        assert steps == sorted(steps) and steps[-1] > steps[0]
+    p = plans[2]
+    early = next(c for c in p.by_depth if c.layer_type == "mlp_up" and c.rel_depth == 0.25)
+    late = next(c for c in p.by_depth if c.layer_type == "mlp_up" and c.rel_depth == 1.0)
+    assert late.steps > early.steps and p.by_type["mlp_up"].worst_depth == 1.0
+
+
+def test_tie_break_and_family_choice():
+    best, opts = choose(3e-3, 0.1)
+    assert [o.steps for o in opts] == [3, 3, 3] and best.family == "jordan"
+    best, _ = choose(1e-3, 0.1)
+    assert best.family == "polar-express" and best.steps == 3  # jordan needs 4 (tau_3 = 2.45e-3)
+    best, opts = choose(1e-7, 0.1)
+    assert best.family == "designed" and best.steps < opts[0].steps
+    with pytest.raises(ConfigError, match="max_steps"):
+        choose(1e-9, 0.1, max_steps=3)
+
+
+def test_params_map_and_plan_json(laws, records):
+    run = records[records.run_id == records.run_id.iloc[0]]
+    names = names_from_records(run)
+    names["blocks.1.q.weight [block 0]"] = ("q", 0.5)
+    names["blocks.1.mlp.gate.weight"] = ("mlp_up", 0.6)  # between fitted depths 0.5 and 0.75
+    names["lm_router.weight"] = ("other", float("nan"))  # unfitted type → default (most demanding)
+    names["stem.q.weight"] = ("q", float("nan"))  # unknown depth → the layer type's worst case
+    plan = make_plan(laws, 7e10, names=names)
+    d = json.loads(json.dumps(plan.to_dict()))
+    assert d["format"] == "muonscope.plan/1" and d["target_params"] == 7e10
+    assert d["quantile"] == 0.5 and d["rho"] == 0.1
+    assert "blocks.1.q.weight [block 0]" not in d["params"] and "blocks.1.q.weight" in d["params"]
+    by_depth = {(c.layer_type, c.rel_depth): c for c in plan.by_depth}
+    for name, (lt, depth) in names_from_records(run).items():
+        c = by_depth[(lt, round(depth, 3))]
+        assert d["params"][name] == {"schedule": c.schedule.name, "steps": c.steps, "layer_type": lt}
+    lo, hi = by_depth[("mlp_up", 0.5)], by_depth[("mlp_up", 0.75)]
+    worse = lo if lo.ell <= hi.ell else hi
+    assert d["params"]["blocks.1.mlp.gate.weight"]["steps"] == worse.steps
+    assert d["params"]["stem.q.weight"]["steps"] == plan.by_type["q"].steps
+    assert d["params"]["lm_router.weight"] == {**d["default"], "layer_type": "other"}
+    assert d["default"]["steps"] == max(c.steps for c in plan.by_type.values())
+    for entry in [*d["params"].values(), d["default"], *d["layer_types"].values()]:
+        name = entry["schedule"]
+        assert name in ("jordan", "polar-express") or name in d["schedules"]
+    for key, sd in d["schedules"].items():
+        assert sd["name"] == key and len(sd["coefficients"][0]) == 3
+    assert set(d["layer_types"]) == set(plan.by_type)
+
+
+def test_plan_loads_into_the_optimizer(laws, records):
+    torch = pytest.importorskip("torch")
+    from muonscope.optim import Muon
+    from muonscope.optim.plan import load_plan
+
+    run = records[records.run_id == records.run_id.iloc[0]]
+    names = names_from_records(run)
+    plan = make_plan(laws, 1e12, names=names)
+    d = json.loads(json.dumps(plan.to_dict()))
+    parsed = load_plan(d)
+    for name, c in plan.params.items():
+        pp = parsed.for_param(name)
+        assert pp.steps == c.steps and pp.schedule.coefficients == c.schedule.coefficients
+        assert pp.schedule.safety == c.schedule.safety
+    gen = torch.Generator().manual_seed(0)
+    params = [(n, torch.nn.Parameter(torch.randn(8, 12, generator=gen))) for n in sorted(names)]
+    opt = Muon(params, lr=0.01, plan=d)
+    seen = {}
+
+    class Hook:
+        def wants_spectrum(self, step):
+            return False
+
+        def on_orthogonalize(self, event):
+            seen[event.name] = event.orthogonalizer
+
+    opt.register_orth_hook(Hook())
+    for _, p in params:
+        p.grad = torch.randn(p.shape, generator=gen)
+    opt.step()
+    assert set(seen) == set(names)
+    s = np.geomspace(1e-6, 1, 50)
+    for name, orth in seen.items():
+        c = plan.params[name]
+        assert orth.label == (c.schedule.name, c.steps)
+        np.testing.assert_allclose(np.asarray(orth.scalar_map(s)), composed_map(c.schedule, c.steps, s), rtol=1e-12)
+
+
+def test_planner_errors(laws):
+    with pytest.raises(ConfigError, match="no fits for q=0.75"):
+        make_plan(laws, 7e10, quantile=0.75)
+    with pytest.raises(ConfigError, match="positive"):
+        make_plan(laws, -1)
+    with pytest.raises(ConfigError, match="rho"):
+        make_plan(laws, 7e10, rho=0)
+    with pytest.raises(ScheduleError, match="unknown schedule"):
+        make_plan(laws, 7e10, families=("jordan", "nope"))
+    with pytest.raises(ConfigError, match="one run"):
+        names_from_records(synthetic_records([1e6, 2e6], layer_types=("q",), n_blocks=1, steps=STEPS[:3]))
