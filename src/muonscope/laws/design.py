@@ -23,7 +23,6 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.optimize import linprog
 
 from muonscope.errors import ConfigError
 from muonscope.orth.schedules import Schedule
@@ -56,6 +55,8 @@ def _critical_points(a: float, b: float, c: float) -> tuple[float, float] | None
 
 def _minimax_lp(l: float, u: float) -> tuple[float, float, float]:
     """Minimax odd quintic on a dense grid of [l, u] as a linear program (fallback)."""
+    from scipy.optimize import linprog
+
     x = np.unique(np.concatenate([np.linspace(l, u, 4001), np.geomspace(l, u, 4001)]))
     V = np.stack([x, x**3, x**5], axis=1)
     ones = np.ones((x.size, 1))

@@ -22,7 +22,7 @@ import math
 from dataclasses import dataclass, field
 
 import numpy as np
-from scipy import stats
+from scipy.special import stdtr, stdtrit
 
 from muonscope.errors import FitError
 
@@ -158,7 +158,7 @@ class PowerLawFit:
         x, _ = self._xy()
         x0 = math.log(m)
         xc = x - x.mean()
-        half = float(stats.t.ppf(0.5 + level / 2, self.df)) * self.sigma * math.sqrt(
+        half = float(stdtrit(self.df, 0.5 + level / 2)) * self.sigma * math.sqrt(
             1 + 1 / x.size + (x0 - x.mean()) ** 2 / float(xc @ xc))
         yhat = self.log_c - self.alpha * x0
         return Prediction(m, math.exp(yhat), math.exp(yhat - half), math.exp(yhat + half), level)
@@ -204,7 +204,7 @@ def fit_power_law(sizes, values, *, run_ids=None, layer_type: str = "", rel_dept
     tss = float(((y - y.mean()) ** 2).sum())
     sigma = math.sqrt(rss / (n - 2))
     se = sigma / math.sqrt(sxx)
-    tq = float(stats.t.ppf(0.5 + level / 2, n - 2))
+    tq = float(stdtrit(n - 2, 0.5 + level / 2))
     hs, hi = huber_fit(x, y)
     rng = np.random.default_rng(seed)
     boot = _bootstrap(x, y, n_boot, rng)
@@ -270,7 +270,7 @@ def shared_exponent_test(sizes, values_by_q: dict[float, np.ndarray], *, layer_t
         if se == 0:
             p = 0.0 if abs(b) > 1e-12 else 1.0
         else:
-            p = float(2 * stats.t.sf(abs(b) / se, n - 2))
+            p = float(2 * stdtr(n - 2, -abs(b) / se))
         slopes.append(-b)
         pvals.append(p)
     finite = [p for p in pvals if not math.isnan(p)]
