@@ -330,6 +330,22 @@ def plan_cmd(
                           f"{len(plan.schedules())} designed schedule(s))")
 
 
+@app.command()
+def report(
+    runs: list[Path] = typer.Argument(..., help="Run directories or sweep directories."),
+    out: Path = typer.Option(Path("report.html"), "--out", "-o", help="Output file."),
+    fmt: str = typer.Option("html", "--format", help="html (one self-contained file) or md (+ PNG folder)."),
+    targets: str = typer.Option("1.2e8,7e9,7e10,1e12", "--targets", help="Target model sizes for the NS recipe."),
+    quantile: float = typer.Option(0.5, "--quantile", help="The quantile NS must lift."),
+    rho: float = typer.Option(0.1, "--rho", help="Failure level."),
+) -> None:
+    """Report with spectra during training, power-law fits, the NS recipe and loss curves."""
+    from muonscope.report.build import build_report
+
+    path = build_report(runs, out, fmt=fmt, targets=_csv(targets, float), quantile=quantile, rho=rho)
+    console.print(f"wrote {path}")
+
+
 def main() -> None:
     """Console-script entry point: typed errors become one stderr line and exit code 2."""
     try:
