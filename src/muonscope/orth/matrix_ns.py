@@ -50,13 +50,17 @@ def newton_schulz(
     lead = X.shape[:-2]
     m, n = X.shape[-2:]
     X = X.reshape(-1, m, n) if len(lead) != 0 else X
-    X = X.to(dtype=dtype, copy=True) if X.dtype != dtype else X.clone()
+    # Cast first (so normalization rounds in the compute dtype), then divide out of place: one
+    # pass over X when no cast is needed.
+    X = X.to(dtype=dtype) if X.dtype != dtype else X
     if X.numel() == 0:
-        out = X
+        out = X.clone()
         gram = X.new_zeros(*X.shape[:-1], m)
     else:
         norm = torch.linalg.vector_norm(X, dim=(-2, -1), keepdim=True)
-        X.div_((norm * sched.safety).clamp_(min=eps))
+        if sched.safety != 1.0:
+            norm = norm * sched.safety
+        X = X / norm.clamp_(min=eps)
         gram = None
         batched = X.ndim == 3
         for i, (a, b, c) in enumerate(coeffs):
