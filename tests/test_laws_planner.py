@@ -43,6 +43,8 @@ def test_choices_lift_the_pessimistic_quantile_and_one_step_less_does_not(laws, 
     rho = 0.1
     plan = make_plan(laws, target, quantile=0.5, rho=rho)
     assert len(plan.by_depth) == 24 and set(plan.by_type) == {"q", "k", "v", "o", "mlp_up", "mlp_down"}
+    table = plan.table()
+    assert len(table) == 30 and (table.matmuls == 3 * table.steps).all() and (table.s_low < table.s_pred).all()
     for c in [*plan.by_depth, *plan.by_type.values()]:
         lo = c.prediction.low
         assert c.ell == lo and lo < c.prediction.center < c.prediction.high

@@ -99,6 +99,9 @@ def test_stabilize_rejects_bad_tables():
         stabilize(df, qs=[0.1])
     with pytest.raises(FitError, match="no spectral records"):
         stabilize(df.iloc[:0])
+    nan_size = df.assign(model_params=np.where(df.step > 500, np.nan, df.model_params))
+    with pytest.raises(FitError, match="model_params must be a positive"):
+        stabilize(nan_size)
     bad = df.copy()
     bad.loc[bad.index[::2], "model_params"] = 7
     with pytest.raises(FitError, match="one run is one model size"):

@@ -147,7 +147,10 @@ class Plan:
                 "schedule": c.schedule.name, "steps": c.steps, "matmuls": c.matmuls, "tau": c.tau,
                 **{f"steps_{f}": opt.get(f) for f in opt},
             })
-        return pd.DataFrame(rows)
+        out = pd.DataFrame(rows)
+        for col in [c for c in out.columns if c.startswith("steps_")]:
+            out[col] = out[col].astype("Int64")
+        return out
 
     def to_dict(self) -> dict:
         """The plan JSON (``muonscope.plan/1``) consumed by ``muonscope.Muon(..., plan=...)``."""

@@ -196,6 +196,14 @@ def check_records(df: pd.DataFrame, qs=None) -> list[float]:
         raise FitError(f"spectral records lack column(s) {', '.join(missing)}; write them per the spectral record schema")
     if len(df) == 0:
         raise FitError("no spectral records to fit; record spectra during training (SpectralMonitor)")
+    sizes = pd.to_numeric(df["model_params"], errors="coerce")
+    if not (np.isfinite(sizes) & (sizes > 0)).all():
+        bad = df.loc[~(np.isfinite(sizes) & (sizes > 0)), "run_id"].astype(str).unique()[:3]
+        raise FitError(f"model_params must be a positive parameter count in every record; run(s) "
+                       f"{', '.join(bad)} have NaN or non-positive values: set model_params in run.json")
+    steps = pd.to_numeric(df["step"], errors="coerce")
+    if steps.isna().any():
+        raise FitError("spectral records have missing or non-numeric 'step' values")
     present = quantile_levels(df)
     if qs is None:
         if not present:
