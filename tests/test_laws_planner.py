@@ -92,6 +92,8 @@ def test_tie_break_and_family_choice():
     assert best.family == "polar-express" and best.steps == 3  # jordan needs 4 (tau_3 = 2.45e-3)
     best, opts = choose(1e-7, 0.1)
     assert best.family == "designed" and best.steps < opts[0].steps
+    best, opts = choose(1.0, 0.1)  # a law predicting s ≥ 1 (tiny target): one step of anything
+    assert best.steps == 1 and all(o.steps == 1 for o in opts)
     with pytest.raises(ConfigError, match="max_steps"):
         choose(1e-9, 0.1, max_steps=3)
 

@@ -95,7 +95,10 @@ def plan_options(ell: float, rho: float = 0.1, *, families: Sequence[str] = FAMI
                           "(plan a smaller size, or use exact polar for that layer)")
     out = []
     for fam in families:
-        sched = _designed(round_down_2sig(ell), float(safety)) if fam == "designed" else get_schedule(fam)
+        if fam == "designed":
+            sched = _designed(min(round_down_2sig(ell), 0.99), float(safety))
+        else:
+            sched = get_schedule(fam)
         found = None
         for k in range(1, max_steps + 1):
             t = _tau(sched, k, float(rho))
