@@ -8,7 +8,7 @@ import pytest
 from scipy import stats
 
 from muonscope.errors import ConfigError, ScheduleError
-from muonscope.laws import fit_laws, make_plan, names_from_records
+from muonscope.laws import fit_laws, make_plan, names_from_records, recipe_table
 from muonscope.laws.planner import choose
 from muonscope.laws.synthetic import synthetic_records
 from muonscope.orth.analysis import composed_map
@@ -83,6 +83,16 @@ def test_steep_late_layers_need_more_and_bigger_models_need_more(laws):
     early = next(c for c in p.by_depth if c.layer_type == "mlp_up" and c.rel_depth == 0.25)
     late = next(c for c in p.by_depth if c.layer_type == "mlp_up" and c.rel_depth == 1.0)
     assert late.steps > early.steps and p.by_type["mlp_up"].worst_depth == 1.0
+
+
+def test_recipe_table(laws):
+    t = recipe_table(laws, TARGETS)
+    assert len(t) == 6 * len(TARGETS) and list(t.columns[:2]) == ["target_params", "layer_type"]
+    for m in TARGETS:
+        sub = t[t.target_params == m].set_index("layer_type")
+        plan = make_plan(laws, m)
+        assert all(sub.loc[lt, "steps"] == c.steps for lt, c in plan.by_type.items())
+    assert len(recipe_table(laws, (7e10,), by_depth=True)) == 30
 
 
 def test_tie_break_and_family_choice():

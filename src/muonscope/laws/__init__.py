@@ -11,7 +11,14 @@ can fit logs written by anyone. Typical use::
 from muonscope.laws.design import design_schedule, design_steps, optimal_quintic
 from muonscope.laws.fit import Laws, fit_laws
 from muonscope.laws.io import load_laws, save_laws
-from muonscope.laws.planner import LayerChoice, Plan, choose, make_plan, names_from_records
+from muonscope.laws.planner import (
+    LayerChoice,
+    Plan,
+    choose,
+    make_plan,
+    names_from_records,
+    recipe_table,
+)
 from muonscope.laws.powerlaw import (
     PowerLawFit,
     Prediction,
@@ -30,5 +37,5 @@ __all__ = [
     "Laws", "LayerChoice", "Plan", "PowerLawFit", "Prediction", "SharedExponentTest", "Stabilization",
     "StabilizeSettings", "choose", "design_schedule", "design_steps", "detect_stabilization",
     "fit_laws", "fit_power_law", "load_laws", "make_plan", "names_from_records", "optimal_quintic",
-    "save_laws", "shared_exponent_test", "stabilize",
+    "recipe_table", "save_laws", "shared_exponent_test", "stabilize",
 ]

@@ -257,3 +257,20 @@ def _choice_for(by_depth: list[LayerChoice], by_type: dict[str, LayerChoice], de
     bracket = ([max(below, key=lambda c: c.rel_depth)] if below else []) + \
               ([min(above, key=lambda c: c.rel_depth)] if above else [])
     return min(bracket, key=lambda c: (c.ell, -c.matmuls))
+
+
+TARGETS = (1.2e8, 7e9, 7e10, 1e12)
+
+
+def recipe_table(laws: Laws, targets: Sequence[float] = TARGETS, *, by_depth: bool = False, **kwargs) -> pd.DataFrame:
+    """Recipe tables of :func:`make_plan` for several target sizes, stacked with a ``target_params``
+    column; per layer type only (worst depth) unless ``by_depth``. ``kwargs`` go to ``make_plan``."""
+    frames = []
+    for m in targets:
+        t = make_plan(laws, m, **kwargs).table()
+        if not by_depth:
+            t = t[t["rel_depth"].isna()]
+        frames.append(t.assign(target_params=float(m)))
+    out = pd.concat(frames, ignore_index=True)
+    return out[["target_params", *[c for c in out.columns if c != "target_params"]]]
+
