@@ -218,10 +218,11 @@ def fit_cmd(
     shared = {(t.layer_type, _fmt_depth(t.rel_depth)): t for t in laws.shared}
     table = Table(title=f"spectral power laws s_q = C*M^-alpha ({len(laws.runs)} runs, "
                         f"{len({r['model_params'] for r in laws.runs})} sizes)")
-    table.caption = (f"columns q*: alpha per quantile; CI, R2: q={q_main:g} ({level:.0%} bootstrap over sizes); "
+    table.caption = (f"q*: alpha per quantile; CI (boot: over sizes and seeds; t: classical), R2: q={q_main:g}, "
+                     f"{level:.0%}; few sizes make the bootstrap interval too narrow; "
                      "flat: beta/2 for r = min(rows, cols) ~ M^beta (unchanged spectral shape); "
                      "shared p: quantiles share alpha (Bonferroni)")
-    for col in ("layer", "depth", *(f"q{q:g}" for q in qs), "CI", "R2", "flat", "shared p"):
+    for col in ("layer", "depth", *(f"q{q:g}" for q in qs), "CI boot", "CI t", "R2", "flat", "shared p"):
         table.add_column(col, justify="left" if col in ("layer",) else "right")
     keys = sorted({(f.layer_type, f.rel_depth) for f in laws.fits}, key=lambda k: (k[0], k[1] != k[1], k[1]))
     for lt, d in keys:
@@ -230,7 +231,8 @@ def fit_cmd(
         t = shared.get((lt, _fmt_depth(d)))
         table.add_row(
             lt, _fmt_depth(d), *(f"{by_q[q].alpha:.3f}" if q in by_q else "-" for q in qs),
-            f"[{main_fit.alpha_ci[0]:.3f},{main_fit.alpha_ci[1]:.3f}]" if main_fit else "-",
+            f"{main_fit.alpha_ci[0]:.2f}..{main_fit.alpha_ci[1]:.2f}" if main_fit else "-",
+            f"{main_fit.alpha_ci_t[0]:.2f}..{main_fit.alpha_ci_t[1]:.2f}" if main_fit else "-",
             f"{main_fit.r2:.3f}" if main_fit else "-",
             f"{main_fit.alpha_flat:.3f}" if main_fit and main_fit.alpha_flat == main_fit.alpha_flat else "-",
             f"{t.p_value:.2g}" if t else "-")
@@ -344,6 +346,33 @@ def report(
 
     path = build_report(runs, out, fmt=fmt, targets=_csv(targets, float), quantile=quantile, rho=rho)
     console.print(f"wrote {path}")
+
+
+@app.command()
+def demo(
+    out: Path = typer.Option(Path("demo-out"), "--out", "-o", help="Output directory."),
+    presets: str = typer.Option("d48,d64,d96,d128", "--presets", help="Sizes of the small sweep."),
+    steps: int = typer.Option(300, "--steps", help="Optimizer steps per run."),
+    target: str = typer.Option("7e10", "--target", help="Target model size for the plan."),
+    threads: int = typer.Option(0, "--threads", help="torch threads (0: leave torch's default)."),
+) -> None:
+    """The whole loop on a small sweep: train several sizes -> fit laws -> plan NS -> report."""
+    sizes = _csv(presets)
+    if len(sizes) < 3:
+        fail("--presets needs at least 3 sizes: power laws are fitted across model sizes")
+    console.rule("1/4 small size sweep (spectral monitor on)")
+    sweep(out=out / "sweep", presets=presets, seeds="0", adamw="", steps=steps, batch_size=16,
+          corpus="stdlib", monitor_every=10, eval_every=100, threads=threads)
+    console.rule("2/4 power laws")
+    fit_cmd(runs=[out / "sweep"], out=out / "laws.json", quantile=None, source=None, rel_tol=0.1,
+            level=0.95, n_boot=2000, seed=0)
+    console.rule(f"3/4 NS plan for {target} parameters")
+    plan_cmd(laws_path=out / "laws.json", params=[target], quantile=0.5, rho=0.1, level=0.95,
+             names_from=out / "sweep" / f"{sizes[-1]}-muon-s0", max_steps=16, out=out / "plan.json")
+    console.rule("4/4 report")
+    report(runs=[out / "sweep"], out=out / "report.html", fmt="html", targets=f"1.2e8,7e9,{target},1e12",
+           quantile=0.5, rho=0.1)
+    console.print(f"report: {(out / 'report.html').resolve()}")
 
 
 def main() -> None:
