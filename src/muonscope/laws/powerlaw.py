@@ -148,7 +148,8 @@ class PowerLawFit:
         return y - (self.log_c - self.alpha * x)
 
     def predict(self, model_params, level: float | None = None) -> Prediction:
-        """Point prediction C·M^(−α) and the t prediction interval for a new model of size M."""
+        """Point prediction C·M^(−α) and the t prediction interval for a new model of size M
+        (all three clipped at 1, the largest possible normalized singular value)."""
         level = self.level if level is None else float(level)
         if not (0 < level < 1):
             raise FitError(f"prediction level must lie in (0, 1), got {level}")
@@ -161,7 +162,9 @@ class PowerLawFit:
         half = float(stdtrit(self.df, 0.5 + level / 2)) * self.sigma * math.sqrt(
             1 + 1 / x.size + (x0 - x.mean()) ** 2 / float(xc @ xc))
         yhat = self.log_c - self.alpha * x0
-        return Prediction(m, math.exp(yhat), math.exp(yhat - half), math.exp(yhat + half), level)
+        # normalized singular values never exceed 1: clip the band there
+        return Prediction(m, min(math.exp(yhat), 1.0), min(math.exp(yhat - half), 1.0),
+                          min(math.exp(yhat + half), 1.0), level)
 
     def band(self, model_params, level: float | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(center, low, high) prediction band over an array of sizes (for log-log plots)."""
