@@ -6,6 +6,8 @@ import math
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from torch import nn
 
 import muonscope
@@ -236,3 +238,24 @@ def test_batched_equals_one_by_one():
         o.step()
     for p, q in zip(ps, qs, strict=True):
         torch.testing.assert_close(p, q, atol=1e-6, rtol=0)
+
+
+@settings(max_examples=30, deadline=None)
+@given(m=st.integers(1, 12), n=st.integers(1, 12), extra=st.sampled_from([(), (3,), (2, 2)]),
+       scale=st.floats(1e-6, 1e6), seed=st.integers(0, 2**31 - 1))
+def test_update_is_bounded_and_gradient_scale_invariant(m, n, extra, scale, seed):
+    """ΔW = −lr·ratio·NS(G): ‖ΔW‖₂ ≤ lr·ratio·max p (≈1.2024 for 5 Jordan steps), any grad scale."""
+    g = torch.Generator().manual_seed(seed)
+    G = torch.randn(m, n, *extra, dtype=torch.float64, generator=g)
+    deltas = []
+    for s in (1.0, scale):
+        p = nn.Parameter(torch.zeros(m, n, *extra, dtype=torch.float64))
+        opt = Muon([p], lr=0.1, momentum=0.0, nesterov=False, weight_decay=0.0, ns_dtype=torch.float64)
+        p.grad = G * s
+        opt.step()
+        deltas.append(p.detach().reshape(m, -1))
+    cols = deltas[0].shape[1]
+    bound = 0.1 * math.sqrt(max(1.0, m / cols)) * (A.output_band("jordan", 5, 1e-12).high + 1e-9)
+    assert torch.linalg.matrix_norm(deltas[0], ord=2) <= bound
+    if G.norm() * scale > 1e-4:  # far above the eps clamp of the normalization
+        torch.testing.assert_close(deltas[1], deltas[0], atol=1e-9, rtol=1e-7)
