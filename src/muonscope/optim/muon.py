@@ -122,6 +122,8 @@ class Muon(Optimizer):
             (those parameters and their momentum left unchanged; counted in ``stats``).
         distributed: None (auto: shard when a process group with > 1 rank is initialized),
             True or False. ``process_group``: the group to shard over (default: WORLD).
+            Gradients must already agree across ranks (data-parallel all-reduce); register the
+            same hooks on every rank (with DTensor parameters they trigger collectives).
     """
 
     def __init__(
