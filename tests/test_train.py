@@ -79,6 +79,23 @@ def test_bad_presets_and_corpora(tmp_path):
         train(TrainConfig(**{**BASE, "steps": 2}), tmp_path / "x", progress=False)
     with pytest.raises(ConfigError, match="different configuration"):
         train(TrainConfig(**{**BASE, "steps": 4, "seed": 9}), tmp_path / "x", resume=True, progress=False)
+    with pytest.raises(ConfigError, match="only --steps may grow"):
+        train(TrainConfig(**{**BASE, "steps": 1}), tmp_path / "x", resume=True, progress=False)
+
+
+def test_extending_a_run_equals_training_longer(tmp_path):
+    """A finished 13-step run resumed with steps=30 ends where a 30-step run ends."""
+    train(TrainConfig(**{**BASE, "steps": 13}), tmp_path / "short", progress=False)
+    runs = plan_sweep(TrainConfig(**BASE), presets=("tiny",))
+    run_sweep(plan_sweep(TrainConfig(**{**BASE, "steps": 13}), presets=("tiny",)), tmp_path / "sw", progress=False)
+    rows = run_sweep(runs, tmp_path / "sw", progress=False)  # same sweep, more steps: extends
+    assert rows[0]["steps"] == 30 and rows[0]["status"] == "complete"
+    train(TrainConfig(**BASE), tmp_path / "short", resume=True, progress=False)
+    train(TrainConfig(**BASE), tmp_path / "long", progress=False)
+    a = load_checkpoint(tmp_path / "short" / CHECKPOINT)["model"]
+    b = load_checkpoint(tmp_path / "long" / CHECKPOINT)["model"]
+    c = load_checkpoint(tmp_path / "sw" / "tiny-muon-s0" / CHECKPOINT)["model"]
+    assert all(torch.equal(a[k], b[k]) and torch.equal(a[k], c[k]) for k in a)
 
 
 KILL_SCRIPT = textwrap.dedent("""

@@ -6,7 +6,8 @@ Layout::
     OUT/{preset}-{optimizer}-s{seed}/   one run directory each (run store + checkpoint)
 
 Re-running the same sweep skips finished runs and resumes partial ones from their checkpoints
-(the run store's generations keep the rows free of duplicates).
+(the run store's generations keep the rows free of duplicates); re-running it with more ``steps``
+extends every run from its checkpoint.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from pathlib import Path
 
 from muonscope.errors import ConfigError, StoreError
 from muonscope.experiments.model import SWEEP_PRESETS, get_preset
-from muonscope.experiments.train import CHECKPOINT, TrainConfig, train
+from muonscope.experiments.train import CHECKPOINT, TrainConfig, same_run, train
 
 MANIFEST = "sweep.json"
 
@@ -66,8 +67,11 @@ def run_sweep(runs: list[TrainConfig], out_dir: str | os.PathLike, *, progress: 
             raise StoreError(f"{mpath} is not valid JSON: {exc}") from exc
         for name, e in old.get("runs", {}).items():
             if name in entries:
-                if e.get("config") != entries[name]["config"]:
-                    raise ConfigError(f"run {name} in {mpath} was planned with a different configuration; use another output directory")
+                if not same_run(e.get("config", {}), entries[name]["config"]):
+                    raise ConfigError(f"run {name} in {mpath} was planned with a different configuration "
+                                      "(only --steps may grow); use another output directory")
+                if e["config"]["steps"] < entries[name]["config"]["steps"]:
+                    e = {**e, "config": entries[name]["config"], "status": "extend"}
                 entries[name] = e
     manifest = {"format": "muonscope.sweep/1", "runs": entries}
     _write_manifest(mpath, manifest)

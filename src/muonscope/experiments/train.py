@@ -86,6 +86,12 @@ class TrainConfig:
         return cls(**d).validate()
 
 
+def same_run(saved: dict, requested: dict) -> bool:
+    """True if ``requested`` continues ``saved``: equal except a total ``steps`` not smaller."""
+    a, b = dict(saved), dict(requested)
+    return a.pop("steps") <= b.pop("steps") and a == b
+
+
 def build_optimizer(model: GPT, cfg: TrainConfig):
     """Muon for the block matrices, AdamW for the rest; or AdamW everywhere."""
     if cfg.optimizer == "adamw":
@@ -165,8 +171,9 @@ def train(cfg: TrainConfig, out_dir: str | os.PathLike, *, resume: bool = False,
     start = 0
     if resume and ckpt_path.exists():
         state = load_checkpoint(ckpt_path)
-        if state["config"] != cfg.to_dict():
-            raise ConfigError(f"{ckpt_path} was written with a different configuration; start a new run directory")
+        if not same_run(state["config"], cfg.to_dict()):
+            raise ConfigError(f"{ckpt_path} was written with a different configuration (only --steps may "
+                              "grow on resume); start a new run directory")
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         gen.set_state(state["generator"])
