@@ -104,8 +104,8 @@ def test_tie_break_and_family_choice():
     assert best.family == "designed" and best.steps < opts[0].steps
     best, opts = choose(1.0, 0.1)  # a law predicting s ≥ 1 (tiny target): one step of anything
     assert best.steps == 1 and all(o.steps == 1 for o in opts)
-    with pytest.raises(ConfigError, match="max_steps"):
-        choose(1e-9, 0.1, max_steps=3)
+    with pytest.raises(ConfigError, match="not in"):
+        choose(float("nan"), 0.1)
 
 
 def test_params_map_and_plan_json(laws, records):
@@ -187,3 +187,37 @@ def test_planner_errors(laws):
         make_plan(laws, 7e10, families=("jordan", "nope"))
     with pytest.raises(ConfigError, match="one run"):
         names_from_records(synthetic_records([1e6, 2e6], layer_types=("q",), n_blocks=1, steps=STEPS[:3]))
+
+
+def test_exact_polar_when_no_ns_configuration_lifts(laws, records):
+    best, opts = choose(1e-13, 0.1)
+    assert best.family == "exact" and all(o.steps is None for o in opts)
+    best, _ = choose(1e-9, 0.1, families=("classical",), max_steps=3)
+    assert best.family == "exact"
+    # A tiny step budget forces exact polar for every layer; the plan says so and Muon obeys it.
+    run = records[records.run_id == records.run_id.iloc[0]]
+    plan = make_plan(laws, 1e12, max_steps=2, names=names_from_records(run))
+    assert all(c.exact and c.matmuls is None for c in plan.by_type.values())
+    d = json.loads(json.dumps(plan.to_dict()))
+    assert d["default"] == {"orthogonalizer": "exact"}
+    assert all(v["orthogonalizer"] == "exact" for v in d["params"].values())
+    torch = pytest.importorskip("torch")
+    from muonscope.optim import Muon
+
+    name = sorted(d["params"])[0]
+    w = torch.nn.Parameter(torch.randn(8, 12, generator=torch.Generator().manual_seed(1)))
+    opt = Muon([(name, w)], lr=0.01, plan=d)
+    kinds = []
+
+    class Hook:
+        def wants_spectrum(self, step):
+            return False
+
+        def on_orthogonalize(self, event):
+            kinds.append(event.orthogonalizer.kind)
+
+    opt.register_orth_hook(Hook())
+    w.grad = torch.randn_like(w)
+    opt.step()
+    assert kinds == ["exact"]
+    assert "exact" in plan.table()["schedule"].tolist()

@@ -54,7 +54,7 @@ class Option:
     """The fewest steps of one schedule family that lift ℓ (``steps`` None: not within max_steps)."""
 
     family: str
-    schedule: Schedule
+    schedule: Schedule | None  # None for the exact polar factor (SVD)
     steps: int | None
     tau: float  # τ_ρ at ``steps`` (NaN if none)
 
@@ -73,26 +73,43 @@ class LayerChoice:
     alpha: float
     prediction: Prediction
     ell: float
-    schedule: Schedule
+    schedule: Schedule | None  # None: exact polar factor (no NS configuration lifts ℓ)
     steps: int
     tau: float
     options: tuple[Option, ...]
 
     @property
-    def matmuls(self) -> int:
-        return ns_matmuls(self.steps)
+    def exact(self) -> bool:
+        return self.schedule is None
+
+    @property
+    def matmuls(self) -> int | None:
+        """NS matrix products per call (None for the exact polar factor, which uses an SVD)."""
+        return None if self.exact else ns_matmuls(self.steps)
+
+    @property
+    def cost(self) -> float:
+        """Ordering key: matrix products, exact polar counted as the most expensive."""
+        return math.inf if self.exact else float(ns_matmuls(self.steps))
+
+    @property
+    def label(self) -> str:
+        return "exact polar (SVD)" if self.exact else f"{self.schedule.name} x{self.steps}"
 
     def config(self) -> dict:
+        if self.exact:
+            return {"orthogonalizer": "exact", "layer_type": self.layer_type}
         return {"schedule": self.schedule.name, "steps": self.steps, "layer_type": self.layer_type}
 
 
 def plan_options(ell: float, rho: float = 0.1, *, families: Sequence[str] = FAMILIES,
                  max_steps: int = 16, safety: float = 1.01) -> tuple[Option, ...]:
-    """Fewest steps per family with τ_ρ(k) ≤ ℓ."""
-    if not (_MIN_ELL <= ell <= 1):
-        raise ConfigError(f"the predicted lower bound s = {ell:.3g} is outside [{_MIN_ELL:g}, 1], where NS "
-                          "thresholds can be resolved: the law is extrapolated too far for this target size "
-                          "(plan a smaller size, or use exact polar for that layer)")
+    """Fewest steps per family with τ_ρ(k) ≤ ℓ (none below 1e-11, where thresholds are not resolved)."""
+    if not (ell <= 1) or math.isnan(ell):
+        raise ConfigError(f"the predicted lower bound s = {ell:.3g} is not in (0, 1]")
+    if ell < _MIN_ELL:
+        return tuple(Option(fam, None if fam == "designed" else get_schedule(fam), None, float("nan"))
+                     for fam in families)
     out = []
     for fam in families:
         if fam == "designed":
@@ -111,13 +128,19 @@ def plan_options(ell: float, rho: float = 0.1, *, families: Sequence[str] = FAMI
 
 def choose(ell: float, rho: float = 0.1, *, families: Sequence[str] = FAMILIES, max_steps: int = 16,
            safety: float = 1.01) -> tuple[Option, tuple[Option, ...]]:
-    """The cheapest option (fewest matrix products; ties: family order) and all options."""
+    """The cheapest option (fewest matrix products; ties: family order) and all options.
+
+    When no family lifts ℓ within ``max_steps`` (or ℓ < 1e-11), the choice is the exact polar
+    factor (``Option("exact", None, 0, 0.0)``): every direction then reaches 1.
+    """
     opts = plan_options(ell, rho, families=families, max_steps=max_steps, safety=safety)
     feasible = [o for o in opts if o.steps is not None]
     if not feasible:
-        raise ConfigError(f"no schedule among {', '.join(families)} lifts s = {ell:.3g} to rho = {rho:g} "
-                          f"within {max_steps} steps; raise max_steps")
+        return EXACT, opts
     return min(feasible, key=lambda o: o.matmuls), opts
+
+
+EXACT = Option("exact", None, 0, 0.0)
 
 
 @dataclass
@@ -137,7 +160,7 @@ class Plan:
         """Non-built-in schedules the plan refers to (designed ones), by name."""
         used = [c.schedule for c in [*self.by_type.values(), *self.params.values(),
                                      *([self.default] if self.default else [])]]
-        return {s.name: s for s in used if s.name not in BUILTIN_NAMES}
+        return {s.name: s for s in used if s is not None and s.name not in BUILTIN_NAMES}
 
     def table(self) -> pd.DataFrame:
         """Recipe table: one row per (layer_type, depth) and per layer type (depth NaN = all)."""
@@ -147,7 +170,7 @@ class Plan:
             rows.append({
                 "layer_type": c.layer_type, "rel_depth": c.rel_depth, "alpha": c.alpha,
                 "s_pred": c.prediction.center, "s_low": c.prediction.low, "s_high": c.prediction.high,
-                "schedule": c.schedule.name, "steps": c.steps, "matmuls": c.matmuls, "tau": c.tau,
+                "schedule": "exact" if c.exact else c.schedule.name, "steps": c.steps, "matmuls": c.matmuls, "tau": c.tau,
                 **{f"steps_{f}": opt.get(f) for f in opt},
             })
         out = pd.DataFrame(rows)
@@ -174,7 +197,7 @@ class Plan:
             "depths": [summary(c) for c in self.by_depth],
         }
         if self.default is not None:
-            d["default"] = {"schedule": self.default.schedule.name, "steps": self.default.steps}
+            d["default"] = {k: v for k, v in self.default.config().items() if k != "layer_type"}
         return d
 
 
@@ -235,7 +258,7 @@ def make_plan(laws: Laws, target_params: float, *, quantile: float = 0.5, rho: f
         worst = min((c for c in by_depth if c.layer_type == lt), key=lambda c: c.ell)
         by_type[lt] = LayerChoice(lt, float("nan"), worst.rel_depth, worst.alpha, worst.prediction,
                                   worst.ell, worst.schedule, worst.steps, worst.tau, worst.options)
-    default = max(by_type.values(), key=lambda c: (c.matmuls, -c.ell))
+    default = max(by_type.values(), key=lambda c: (c.cost, -c.ell))
     params: dict[str, LayerChoice] = {}
     for name, (lt, depth) in (names or {}).items():
         params[base_name(name)] = _choice_for(by_depth, by_type, default, str(lt), depth)
@@ -256,7 +279,7 @@ def _choice_for(by_depth: list[LayerChoice], by_type: dict[str, LayerChoice], de
     above = [c for c in known if c.rel_depth >= d]
     bracket = ([max(below, key=lambda c: c.rel_depth)] if below else []) + \
               ([min(above, key=lambda c: c.rel_depth)] if above else [])
-    return min(bracket, key=lambda c: (c.ell, -c.matmuls))
+    return min(bracket, key=lambda c: (c.ell, -c.cost))
 
 
 TARGETS = (1.2e8, 7e9, 7e10, 1e12)

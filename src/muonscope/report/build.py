@@ -159,7 +159,7 @@ def build_sections(run_paths, *, targets=DEFAULT_TARGETS, quantile: float = 0.5,
             recipe_tables.append((tab, f"Recipe for a {t:.3g}-parameter model: cheapest configuration per layer type whose τ_{rho:g} "
                                        f"lies below the pessimistic (95% lower) prediction of s_{quantile:g}"))
             for c in plan.by_type.values():
-                if (c.schedule.name, c.steps) not in ns_configs and len(ns_configs) < 8:
+                if not c.exact and (c.schedule.name, c.steps) not in ns_configs and len(ns_configs) < 8:
                     ns_configs.append((c.schedule, c.steps))
     fig = F.plot_ns_maps(ns_configs, rho=rho, path=workdir / "ns_maps.png")
     sections.append(Section("NS recipe", f"The composed NS maps with their thresholds τ_{rho:g}, and per target size the planner's choice.",
