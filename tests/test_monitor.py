@@ -154,3 +154,22 @@ def test_spectrum_record_closed_forms():
     one = spectrum_record(np.array([1.0, 0, 0, 0]), QS)
     assert one["stable_rank"] == 1.0 and one["spectral_entropy"] == pytest.approx(0.0)
     assert math.isclose(one["s_q10"], 1.0) and one["s_q90"] == 0.0
+
+
+def test_tensorboard_sink(tmp_path, rng):
+    pytest.importorskip("tensorboard", reason="the 'tensorboard' extra is not installed")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    opt = FakeOptimizer(["blocks.0.attn.q.weight"])
+    mon = SpectralMonitor(opt, every=1, tensorboard=tmp_path / "tb")
+    G = torch.randn(8, 16, generator=rng)
+    for step in (1, 2, 3):
+        opt.orthogonalize("blocks.0.attn.q.weight", G, NewtonSchulz(), step)
+    mon.close()
+    acc = EventAccumulator(str(tmp_path / "tb"))
+    acc.Reload()
+    tags = acc.Tags()["scalars"]
+    assert "spectra/blocks.0.attn.q.weight/s_q50" in tags and "spectra/blocks.0.attn.q.weight/frac_failed" in tags
+    events = acc.Scalars("spectra/blocks.0.attn.q.weight/s_q50")
+    assert [e.step for e in events] == [1, 2, 3]
+    assert events[0].value == pytest.approx(mon.records[0]["s_q50"], rel=1e-6)
