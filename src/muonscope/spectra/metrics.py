@@ -135,7 +135,8 @@ def shared_frame_misalignment(W, G) -> float:
         raise ShapeError(f"shared_frame_misalignment needs two matrices of one shape, got {W.shape}, {G.shape}")
     U, _, Vt = np.linalg.svd(W, full_matrices=False)
     diag = np.einsum("ir,ij,rj->r", U, G, Vt)
-    g2 = float(np.sum(G * G))
-    if g2 == 0.0:
+    g = float(np.linalg.norm(G))
+    if g == 0.0:
         return float("nan")
-    return float(math.sqrt(max(1.0 - float(np.sum(diag * diag)) / g2, 0.0)))
+    # ‖G − U diag(d) Vᵀ‖_F/‖G‖_F: U diag(d) Vᵀ is G's orthogonal projection onto span{uᵢvᵢᵀ}
+    return float(np.linalg.norm(G - (U * diag) @ Vt) / g)

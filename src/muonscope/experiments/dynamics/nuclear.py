@@ -68,10 +68,6 @@ class NuclearMinimum:
 
 def min_nuclear_norm(A: np.ndarray, y: np.ndarray, *, solver: str | None = None) -> NuclearMinimum:
     """min ‖W‖_* s.t. ⟨Aᵢ, W⟩ = yᵢ for A (n, p, d), y (n,), via cvxpy."""
-    try:
-        import cvxpy as cp
-    except ImportError:
-        raise ConfigError(CVXPY_HINT) from None
     A = np.asarray(A, dtype=np.float64)
     y = np.asarray(y, dtype=np.float64)
     if A.ndim != 3 or y.shape != (A.shape[0],):
@@ -79,6 +75,10 @@ def min_nuclear_norm(A: np.ndarray, y: np.ndarray, *, solver: str | None = None)
     n, p, d = A.shape
     if n >= p * d:
         raise ConfigError("the nuclear-norm minimum over interpolants needs an underdetermined problem")
+    try:
+        import cvxpy as cp
+    except ImportError:
+        raise ConfigError(CVXPY_HINT) from None
     Af = A.reshape(n, p * d)
     X = cp.Variable((p, d))
     # cvxpy's vec() is column-major: vec(X)[j*p + i] = X[i, j]; reorder Aᵢ to match.
