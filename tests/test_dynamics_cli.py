@@ -71,7 +71,7 @@ def test_entropy_and_noise_commands(tmp_path):
     r = run("noise", "-o", str(tmp_path), "--chains", "2000", "--trials", "10")
     assert r.exit_code == 0, r.output
     s = json.loads((tmp_path / "noise.json").read_text())
-    assert len(s["momentum"]) == 12 and s["polar"][0]["spectrum_type"] == "flat"
+    assert len(s["momentum"]) == 18 and s["polar"][0]["spectrum_type"] == "flat"
     assert (tmp_path / "noise_geometry.png").exists() and (tmp_path / "entropy_gain.png").exists()
 
 

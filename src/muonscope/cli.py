@@ -443,8 +443,10 @@ def dynamics_sensing(
     for col in ("rule", "rel. residual", "norm. entropy", "stable rank", "||W||_*/||W||_F", "dist to ref",
                 "misalignment (late)"):
         table.add_column(col, justify="left" if col == "rule" else "right")
+    from rich.markup import escape
+
     for label, r in s["rules"].items():
-        table.add_row(label, f"{r['final_rel_residual_mean']:.2e}", f"{r['final_entropy_mean']:.4f}",
+        table.add_row(escape(label), f"{r['final_rel_residual_mean']:.2e}", f"{r['final_entropy_mean']:.4f}",
                       f"{r['final_stable_rank_mean']:.2f}", f"{r['final_nuc_frob_mean']:.3f}",
                       f"{r['rel_dist_to_reference_mean']:.3f}", f"{r['misalignment_late_median']:.3f}")
     console.print(table)
@@ -452,7 +454,7 @@ def dynamics_sensing(
         if e["metric"] in ("final_entropy", "final_stable_rank"):
             console.print(f"{e['a']} - {e['b']} {e['metric']}: {e['mean_diff']:+.4g} "
                           f"[{e['ci95_low']:+.3g}, {e['ci95_high']:+.3g}], d_z={e['d_z']:.2f}, "
-                          f"Wilcoxon p={e['wilcoxon_p']:.3g}")
+                          f"Wilcoxon p={e['wilcoxon_p']:.3g}", markup=False)
     console.print(f"wrote {out / 'sensing.json'} and figures in {out}")
 
 
@@ -488,6 +490,8 @@ def dynamics_nuclear(
                                momentum=momentum, solver=solver, with_sensitivity=sensitivity,
                                out_dir=None if no_stores else out / "nuclear", summary_path=out / "nuclear.json",
                                figure_dir=out, overwrite=overwrite, progress=advance)
+    from rich.markup import escape
+
     table = Table(title="||W||_* / min ||W||_* (cvxpy minimum, dual-certified)")
     for col in ("setting", "W", "seeds", "interpolant", "mean", "min", "max", "at minimum", "paper"):
         table.add_column(col, justify="left" if col in ("setting", "interpolant", "paper") else "right")
@@ -495,12 +499,13 @@ def dynamics_nuclear(
         pr = o["problem"]
         for label, v in o["summary"].items():
             table.add_row(o["setting"], f"{pr['rows']}x{pr['cols']}, n={pr['measurements']}", str(len(o["seeds"])),
-                          label, f"{v['ratio_mean']:.3f}", f"{v['ratio_min']:.3f}", f"{v['ratio_max']:.3f}",
+                          escape(label), f"{v['ratio_mean']:.3f}", f"{v['ratio_min']:.3f}", f"{v['ratio_max']:.3f}",
                           str(v["at_minimum"]), o["paper"] if label == "muon" else "")
     console.print(table)
     for v in s.get("sensitivity", []):
         console.print(f"{v['variant']}: Muon ratio mean {v['muon_ratio_mean']:.3f} "
-                      f"[{v['muon_ratio_min']:.3f}, {v['muon_ratio_max']:.3f}], at minimum {v['muon_at_minimum']}")
+                      f"[{v['muon_ratio_min']:.3f}, {v['muon_ratio_max']:.3f}], at minimum {v['muon_at_minimum']}",
+                      markup=False)
     console.print(f"wrote {out / 'nuclear.json'} and {out / 'nuclear_gap.png'}")
 
 
@@ -546,7 +551,7 @@ def dynamics_entropy(
 def dynamics_noise(
     out: Path = typer.Option(Path("runs/dynamics"), "--out", "-o", help="Output directory (JSON, PNG)."),
     chains: int = typer.Option(20000, "--chains", help="Independent momentum chains per (beta, rho)."),
-    trials: int = typer.Option(200, "--trials", help="Noise draws per batch size."),
+    trials: int = typer.Option(1000, "--trials", help="Noise draws per batch size."),
     seed: int = typer.Option(0, "--seed"),
     threads: int = typer.Option(1, "--threads"),
 ) -> None:
@@ -566,11 +571,12 @@ def dynamics_noise(
                       f"{m['naive']:.5f}", f"{m['z']:+.2f}")
     console.print(table)
     table = Table(title="polar-factor noise: B_crit = 2 sigma^2 S(mu)/r against simulation (square G)")
-    for col in ("spectrum", "r", "B_crit", "B*NSR at largest B", "measured NSR=1 crossing"):
+    for col in ("spectrum", "r", "B_crit", "B*NSR at largest B (+- se)", "measured NSR=1 crossing"):
         table.add_column(col, justify="left" if col == "spectrum" else "right")
     for p in s["polar"]:
-        table.add_row(p["spectrum_type"], str(p["r"]), f"{p['B_crit']:.3g}", f"{p['rows'][-1]['B_times_nsr']:.3g}",
-                      f"{p['measured_crossing']:.3g}")
+        last = p["rows"][-1]
+        table.add_row(p["spectrum_type"], str(p["r"]), f"{p['B_crit']:.3g}",
+                      f"{last['B_times_nsr']:.3g} +- {last['B_times_nsr_stderr']:.2g}", f"{p['measured_crossing']:.3g}")
     console.print(table)
     console.print(f"wrote {out / 'noise.json'} and {out / 'noise_geometry.png'}")
 

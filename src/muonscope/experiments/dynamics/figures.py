@@ -35,20 +35,20 @@ def plot_sensing(result, path) -> Path:
     """Mean ± sd over seeds of normalized entropy, stable rank, relative residual and misalignment."""
     plt = _plt()
     fig, axes = plt.subplots(2, 2, figsize=(11, 7.5))
-    panels = [("entropy", "normalized spectral entropy of W", False),
+    panels = [("entropy", "1 - normalized spectral entropy of W (0: flat)", True),
               ("stable_rank", "stable rank of W", False),
               ("rel_residual", "relative residual ||A(W) - y|| / ||y||", True),
               ("misalignment", "shared-frame misalignment of G in W's frames", False)]
     for ax, (metric, title, logy) in zip(axes.ravel(), panels, strict=True):
         for i, (label, tr) in enumerate(result.trajectories.items()):
-            x = tr.traces[metric]
+            x = 1.0 - tr.traces[metric] if metric == "entropy" else tr.traces[metric]
             mean, sd = np.nanmean(x, axis=0), np.nanstd(x, axis=0)
             ax.plot(tr.steps, mean, color=_color(label, i), label=label, lw=1.4)
             if not logy:
                 ax.fill_between(tr.steps, mean - sd, mean + sd, color=_color(label, i), alpha=0.15, lw=0)
         if metric == "entropy":
             target = np.mean([_norm_entropy(W) for W in result.problem.W_star.numpy()])
-            ax.axhline(target, color="k", ls=":", lw=1, label="target W*")
+            ax.axhline(1.0 - target, color="k", ls=":", lw=1, label="target W*")
         if logy:
             ax.set_yscale("log")
         ax.set_title(title, fontsize=10)
@@ -99,6 +99,7 @@ def plot_nuclear(outputs: list[dict], path) -> Path:
             continue
         ax.plot(tr["steps"], tr["nuclear"][0], color=f"C{k}", label=f"{out['setting']}: Muon (seed {out['seeds'][0]})")
         ax.axhline(out["rows"][0]["min_nuclear"], color=f"C{k}", ls="--", lw=1, label=f"{out['setting']}: cvxpy minimum")
+    ax.set_xscale("symlog", linthresh=10)
     ax.set_xlabel("step")
     ax.set_ylabel("||W||_*")
     ax.set_title("Muon's nuclear norm during training", fontsize=10)
@@ -126,7 +127,8 @@ def plot_entropy(summary: dict, examples: list[tuple[str, np.ndarray, np.ndarray
     """Left: share of instances where γ = 0 maximizes the first-order entropy gain, per regime.
     Right: gain profiles of example instances (normalized by their maximum |gain|)."""
     plt = _plt()
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.4))
+    states = summary.get("sensing_states")
+    fig, axes = plt.subplots(1, 3 if states else 2, figsize=(18 if states else 12, 4.4))
     ax = axes[0]
     regimes = summary["regimes"]
     y = np.arange(len(regimes))
@@ -150,6 +152,19 @@ def plot_entropy(summary: dict, examples: list[tuple[str, np.ndarray, np.ndarray
     ax.set_ylabel("first-order entropy gain (scaled)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
+    if states:
+        ax = axes[2]
+        rows = states["rows"]
+        steps = [r["step"] for r in rows]
+        ax.plot(steps, [r["polar_is_max"] for r in rows], "o-", ms=2.5, label="share of seeds: polar maximizes dH")
+        ax.plot(steps, [r["misalignment_mean"] for r in rows], "-", color="C3", label="misalignment of G (mean)")
+        ax.plot(steps, [r["polar_gain_negative"] for r in rows], ":", color="k", label="share: polar dH < 0")
+        ax.set_xscale("symlog", linthresh=10)
+        ax.set_ylim(-0.02, 1.02)
+        ax.set_xlabel("Muon step (matrix sensing)")
+        ax.set_title("states visited by Muon in matrix sensing", fontsize=10)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
     return _save(fig, path)
 
 

@@ -109,7 +109,7 @@ def simulate_polar_noise(s: Sequence[float], sigma: float, batch_sizes: Sequence
         d2 = (polar_exact(G + E) - O).pow(2).sum(dim=(-2, -1)) / r
         nsr, se = float(d2.mean()), float(d2.std() / math.sqrt(trials))
         rows.append({"batch": float(B), "nsr": nsr, "nsr_stderr": se, "predicted_nsr": bcrit / B,
-                     "B_times_nsr": B * nsr})
+                     "B_times_nsr": B * nsr, "B_times_nsr_stderr": B * se})
     nsr = np.array([row["nsr"] for row in rows])
     bs = np.array([row["batch"] for row in rows], dtype=np.float64)
     crossing = float("nan")
@@ -131,10 +131,10 @@ SPECTRA = {
 }
 
 
-def run_noise(*, betas: Sequence[float] = (0.5, 0.9, 0.95, 0.99), rhos: Sequence[float] = (0.0, 0.5, -0.5),
+def run_noise(*, betas: Sequence[float] = (0.5, 0.8, 0.9, 0.95, 0.98, 0.99), rhos: Sequence[float] = (0.0, 0.5, -0.5),
               chains: int = 20000, ranks: Sequence[int] = (2, 4, 8, 16), sigma: float = 1.0,
               batch_sizes: Sequence[int] = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096),
-              trials: int = 200, seed: int = 0) -> dict:
+              trials: int = 1000, seed: int = 0) -> dict:
     """The momentum-factor table and the polar-noise / critical-batch simulations."""
     momentum = [simulate_noise_factor(b, rho, chains=chains, seed=seed + i)
                 for i, (b, rho) in enumerate((b, rho) for rho in rhos for b in betas)]
@@ -151,7 +151,7 @@ def run_noise(*, betas: Sequence[float] = (0.5, 0.9, 0.95, 0.99), rhos: Sequence
     return {"momentum": momentum, "flat_S_formula": flat_formula, "polar": polar}
 
 
-def experiment(*, chains: int = 20000, trials: int = 200, seed: int = 0, summary_path=None, figure_dir=None) -> dict:
+def experiment(*, chains: int = 20000, trials: int = 1000, seed: int = 0, summary_path=None, figure_dir=None) -> dict:
     """:func:`run_noise` with its JSON summary and figure."""
     from pathlib import Path
 

@@ -221,12 +221,12 @@ def summarize(result: SensingResult, reference: str | None = None) -> dict:
         fin = {k: v[:, -1] for k, v in tr.traces.items()}
         dist_ref = np.linalg.norm(tr.final_W - w_ref, axis=(-2, -1)) / np.linalg.norm(w_ref, axis=(-2, -1))
         dist_mf = np.linalg.norm(tr.final_W - w_mf, axis=(-2, -1)) / np.linalg.norm(w_mf, axis=(-2, -1))
-        first = tr.traces["entropy"][:, 1] if tr.traces["entropy"].shape[1] > 1 else fin["entropy"]
         per_rule[label] = {
             "ns_schedule": tr.ns_label[0], "ns_steps": tr.ns_label[1],
             **{f"final_{k}_mean": float(np.nanmean(v)) for k, v in fin.items()},
             **{f"final_{k}_sd": float(np.nanstd(v, ddof=1)) if v.size > 1 else float("nan") for k, v in fin.items()},
-            "entropy_first_record_mean": float(np.nanmean(first)),
+            "entropy_init_mean": float(np.nanmean(tr.traces["entropy"][:, 0])),
+            "stable_rank_init_mean": float(np.nanmean(tr.traces["stable_rank"][:, 0])),
             "entropy_max_mean": float(np.nanmean(np.nanmax(tr.traces["entropy"], axis=1))),
             "sin_theta_late_median": float(np.nanmedian(_late(tr.traces["sin_theta"]))),
             "misalignment_late_median": float(np.nanmedian(_late(tr.traces["misalignment"]))),
