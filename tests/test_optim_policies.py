@@ -168,3 +168,12 @@ def test_combined_optimizer_policies():
             assert torch.isnan(model[0].bias.grad).any()  # the gradient is given back untouched
         assert all(torch.equal(opt.adamw.state[model[0].bias][k], v) for k, v in adam_state.items())
         model.zero_grad()
+
+
+def test_empty_matrices_are_harmless():
+    p, q = nn.Parameter(torch.empty(0, 3)), nn.Parameter(torch.empty(3, 0))
+    r = nn.Parameter(torch.randn(3, 3))
+    opt = Muon([p, q, r], lr=0.1)
+    p.grad, q.grad, r.grad = torch.empty(0, 3), torch.empty(3, 0), torch.randn(3, 3)
+    opt.step()
+    assert p.shape == (0, 3) and q.shape == (3, 0) and torch.isfinite(r).all()

@@ -27,8 +27,10 @@ from torch.utils.hooks import RemovableHandle
 
 from muonscope.errors import ConfigError, MuonscopeError, NonFiniteError
 from muonscope.optim import distributed as D
+from muonscope.optim.adaptive import ADAPTIVE, AdaptiveSteps, HybridControl
 from muonscope.optim.hooks import OrthEvent
 from muonscope.optim.plan import Plan, load_plan
+from muonscope.orth.hybrid import HybridNS
 from muonscope.orth.orthogonalizers import Orthogonalizer, make_orthogonalizer
 from muonscope.orth.schedules import JORDAN, Schedule, get_schedule
 
@@ -41,7 +43,7 @@ NONFINITE_POLICIES = ("raise", "skip")
 def lr_ratio(adjust_lr_fn: str | None, rows: int, cols: int) -> float:
     """lr multiplier for an orthogonalized rows×cols matrix."""
     if adjust_lr_fn is None or adjust_lr_fn == "original":
-        return math.sqrt(max(1.0, rows / cols))
+        return math.sqrt(max(1.0, rows / cols)) if cols else 1.0
     if adjust_lr_fn == "match_rms_adamw":
         return 0.2 * math.sqrt(max(rows, cols))
     return 1.0
@@ -120,6 +122,14 @@ class Muon(Optimizer):
             of row counts (e.g. fused QKV ``[d, d, d]``).
         nonfinite: "raise" (``NonFiniteError`` naming the parameters, nothing touched) or "skip"
             (those parameters and their momentum left unchanged; counted in ``stats``).
+        ns_steps: steps per NS call, None (the schedule's default) or ``"adaptive"``: per matrix,
+            the fewest steps whose failure threshold τ_ρ lies below the monitored s_q
+            (``target_q``, ``rho``, at most ``max_steps``; see :mod:`muonscope.optim.adaptive`).
+        controllers: extra orthogonalization controllers (e.g. an ``AdaptiveSteps`` with its own
+            cadence and hysteresis, used instead of the one ``ns_steps="adaptive"`` builds).
+            ``orthogonalizer="hybrid"`` (or a ``HybridNS``) installs a ``HybridControl`` that
+            applies its correction policy per matrix. ``stats["layers"]`` holds per-matrix NS FLOPs
+            and matrix products (cumulative and last step) of what was actually run.
         distributed: None (auto: shard when a process group with > 1 rank is initialized),
             True or False. ``process_group``: the group to shard over (default: WORLD).
             Gradients must already agree across ranks (data-parallel all-reduce); register the
@@ -147,6 +157,10 @@ class Muon(Optimizer):
         nonfinite: str = "raise",
         distributed: bool | None = None,
         process_group=None,
+        target_q: float = 0.5,
+        rho: float = 0.1,
+        max_steps: int | None = None,
+        controllers: Sequence = (),
     ) -> None:
         if nonfinite not in NONFINITE_POLICIES:
             raise ConfigError(f"nonfinite must be one of {NONFINITE_POLICIES}, got {nonfinite!r}")
@@ -168,6 +182,7 @@ class Muon(Optimizer):
         if not params:
             raise ConfigError("Muon got an empty parameter list")
         super().__init__(params, defaults)
+        self._setup_controllers(target_q, rho, max_steps, controllers)
         if self.plan is not None:
             names = {name for name, _, _ in self.named_params()}
             unknown = sorted(set(self.plan.params) - names)
@@ -179,7 +194,9 @@ class Muon(Optimizer):
         self._orth_hooks: OrderedDict = OrderedDict()
         self._orth_cache: dict = {}
         self._muon_step = 0
-        self.stats = {"steps": 0, "skipped_nonfinite": 0, "ns_matmuls": 0, "ns_flops": 0,
+        self._controllers: list = []
+        self._pending_controller_state: dict = {}
+        self.stats = {"steps": 0, "skipped_nonfinite": 0, "ns_matmuls": 0, "ns_flops": 0, "layers": {},
                       "matrices": 0, "last_ns_matmuls": 0, "last_ns_flops": 0,
                       "last_local_ns_flops": 0, "last_skipped_nonfinite": 0, "last_matrices": 0}
 
@@ -210,8 +227,8 @@ class Muon(Optimizer):
             raise ConfigError(f"ns_coefficients must be 3 finite numbers (a, b, c), got {group['ns_coefficients']!r}")
         group["ns_coefficients"] = coeffs
         steps = group["ns_steps"]
-        if steps is not None and (isinstance(steps, bool) or not isinstance(steps, int) or steps < 1):
-            raise ConfigError(f"ns_steps must be a positive int or None, got {steps!r}")
+        if steps is not None and steps != ADAPTIVE and (isinstance(steps, bool) or not isinstance(steps, int) or steps < 1):
+            raise ConfigError(f"ns_steps must be a positive int, None or 'adaptive', got {steps!r}")
         group["schedule"] = _schedule_value(group["schedule"])
         group["ns_dtype"] = _dtype_name(group["ns_dtype"])
         kind = group["orthogonalizer"]
@@ -293,13 +310,44 @@ class Muon(Optimizer):
                 sched = Schedule.from_dict(sched)
             else:
                 sched = get_schedule(sched)
-            steps = group["ns_steps"] or sched.default_steps
+            steps = group["ns_steps"] if group["ns_steps"] not in (None, ADAPTIVE) else sched.default_steps
         key = (kind, dtype) if kind == "exact" else (kind, sched, steps, dtype, eps)
         orth = self._orth_cache.get(key)
         if orth is None:
             orth = make_orthogonalizer(kind, schedule=sched, steps=steps, eps=eps,
                                        dtype=getattr(torch, dtype) if dtype else None)
             self._orth_cache[key] = orth
+        return orth, key
+
+    # --- controllers ---------------------------------------------------------------------------
+    def _setup_controllers(self, target_q, rho, max_steps, controllers) -> None:
+        extra = list(controllers or ())
+        if any(g["ns_steps"] == ADAPTIVE for g in self.param_groups) and not any(
+                isinstance(c, AdaptiveSteps) for c in extra):
+            extra.insert(0, AdaptiveSteps(target_q, rho, max_steps))
+        for c in extra:
+            self.add_controller(c)
+
+    def add_controller(self, controller) -> None:
+        """Ask ``controller.select(name, step, orth, group)`` for every matrix before each step's
+        orthogonalization (in order of addition); it is also registered as an orth hook."""
+        if not (callable(getattr(controller, "select", None)) and callable(getattr(controller, "wants_spectrum", None))
+                and callable(getattr(controller, "on_orthogonalize", None))):
+            raise ConfigError("a controller needs select(name, step, orth, group), wants_spectrum(step) and "
+                              "on_orthogonalize(event) methods")
+        state = self._pending_controller_state.pop(type(controller).__name__, None)
+        if state is not None and callable(getattr(controller, "load_state_dict", None)):
+            controller.load_state_dict(state)
+        self._controllers.append(controller)
+        self.register_orth_hook(controller)
+
+    def _control(self, name: str, orth: Orthogonalizer, key: tuple, group: dict) -> tuple[Orthogonalizer, tuple]:
+        if isinstance(orth, HybridNS) and not any(isinstance(c, HybridControl) for c in self._controllers):
+            self.add_controller(HybridControl())
+        for c in self._controllers:
+            new = c.select(name, self._muon_step + 1, orth, group)
+            if new is not orth:
+                orth, key = new, ("controlled", id(new))  # controllers keep their instances alive
         return orth, key
 
     # --- the step ------------------------------------------------------------------------------
@@ -311,6 +359,9 @@ class Muon(Optimizer):
             with torch.enable_grad():
                 loss = closure()
         ctx = D.DistContext.detect(self._process_group, self._distributed)
+        if ctx and not all(getattr(c, "distributed_safe", False) for c in self._controllers):
+            raise ConfigError("adaptive steps and failed-share-triggered hybrid correction decide from spectra "
+                              "seen on one rank; use them in single-process training (or hybrid with bound=None)")
         items = self._screen_nonfinite(self._collect(), ctx)
         step_no = self._muon_step + 1
         want = False
@@ -343,6 +394,12 @@ class Muon(Optimizer):
         st.update(steps=st["steps"] + 1, ns_flops=st["ns_flops"] + flops, ns_matmuls=st["ns_matmuls"] + mm,
                   matrices=st["matrices"] + len(works), last_ns_flops=flops, last_ns_matmuls=mm,
                   last_local_ns_flops=sum(w.flops for w in local), last_matrices=len(works))
+        layers = st.setdefault("layers", {})
+        for w in works:
+            e = layers.setdefault(w.name, {"ns_flops": 0, "ns_matmuls": 0})
+            wm = w.orth.matmuls()
+            e.update(ns_flops=e["ns_flops"] + w.flops, ns_matmuls=e["ns_matmuls"] + wm, last_ns_flops=w.flops,
+                     last_ns_matmuls=wm, last_orthogonalizer="{}x{}".format(*w.orth.label))
         self._muon_step = step_no
         return loss
 
@@ -361,9 +418,12 @@ class Muon(Optimizer):
         self.stats["last_skipped_nonfinite"] = 0
         if not items:
             return items
-        flags = [torch.logical_not(torch.isfinite(D.local_part(it.grad)).all()) for it in items]
-        device = flags[0].device
-        bad = torch.stack([f.to(device) for f in flags]).to(torch.int32)
+        # max |g| per gradient in one multi-tensor op: finite exactly when every entry is.
+        local = [D.local_part(it.grad) for it in items]
+        maxabs = torch._foreach_norm([g if g.numel() else g.new_zeros(1) for g in local], float("inf"))
+        device = maxabs[0].device
+        bad = torch.logical_not(torch.isfinite(torch.stack([v.float().to(device) for v in maxabs])))
+        bad = bad.to(torch.int32)
         if ctx:
             bad = ctx.all_reduce_max_(bad)  # every rank takes the same decision
         bad = bad.tolist()
@@ -409,8 +469,8 @@ class Muon(Optimizer):
         else:
             M = D.full_tensor(buf)
         rows = X.shape[0]
-        X2 = X.reshape(rows, -1)
-        M2 = M.reshape(rows, -1) if M is not None else None
+        X2 = X.flatten(1)
+        M2 = M.flatten(1) if M is not None else None
         orth, key = self.orthogonalizer_for(it.name, group)
         split = group["split"]
         if split is None:
@@ -425,7 +485,8 @@ class Muon(Optimizer):
             Xb = X2 if sl is None else X2[sl]
             Mb = (M2 if sl is None else M2[sl]) if M2 is not None else None
             r, c = Xb.shape
-            out.append(_Work(it, name, Xb, Mb, sl, orth, key, int(orth.flops(r, c)),
+            orth_b, key_b = self._control(name, orth, key, group)
+            out.append(_Work(it, name, Xb, Mb, sl, orth_b, key_b, int(orth_b.flops(r, c)),
                              lr_ratio(group["adjust_lr_fn"], r, c)))
         return out
 
@@ -435,6 +496,10 @@ class Muon(Optimizer):
         buckets: dict[tuple, list[tuple[_Work, bool]]] = {}
         for w in works:
             m, n = w.matrix.shape
+            if w.matrix.numel() == 0:  # nothing to orthogonalize
+                w.update = torch.zeros_like(w.matrix)
+                w.spectrum = w.matrix.new_zeros(min(m, n), dtype=torch.float64) if want_spectrum else None
+                continue
             key = (w.key, min(m, n), max(m, n), w.matrix.dtype, w.matrix.device)
             buckets.setdefault(key, []).append((w, m > n))
         for bucket in buckets.values():
@@ -471,7 +536,7 @@ class Muon(Optimizer):
                 U = D.shard_like(w.update.reshape(p.shape), p)
                 local.add_(U, alpha=-(lr * w.lr_ratio))
             elif not D.is_dtensor(p) and p.is_contiguous():
-                view = p.view(p.shape[0], -1)
+                view = p.flatten(1)
                 for w in pw:
                     view[w.rows].add_(w.update, alpha=-(lr * w.lr_ratio))
             else:
@@ -485,7 +550,8 @@ class Muon(Optimizer):
         for g in sd["param_groups"]:
             if isinstance(g.get("orthogonalizer"), Orthogonalizer):
                 g["orthogonalizer"] = g["orthogonalizer"].kind
-        sd["muonscope"] = {"step": self._muon_step, "stats": dict(self.stats)}
+        sd["muonscope"] = {"step": self._muon_step, "stats": dict(self.stats), "controllers": {
+            type(c).__name__: c.state_dict() for c in self._controllers if callable(getattr(c, "state_dict", None))}}
         return sd
 
     def load_state_dict(self, state_dict: dict) -> None:
@@ -504,15 +570,21 @@ class Muon(Optimizer):
         if extra:
             self._muon_step = int(extra.get("step", 0))
             self.stats.update(extra.get("stats", {}))
+            self._pending_controller_state.update(extra.get("controllers", {}))
+            for c in self._controllers:
+                state = self._pending_controller_state.pop(type(c).__name__, None)
+                if state is not None and callable(getattr(c, "load_state_dict", None)):
+                    c.load_state_dict(state)
 
     def __getstate__(self) -> dict:
         state = super().__getstate__()
         state.update(nonfinite=self.nonfinite, plan=self.plan, _distributed=self._distributed,
-                     _muon_step=self._muon_step, stats=dict(self.stats))
+                     _muon_step=self._muon_step, stats=dict(self.stats), controllers=list(self._controllers))
         return state
 
     def __setstate__(self, state: dict) -> None:
         step, stats = state.pop("_muon_step", 0), state.pop("stats", None)
+        controllers = state.pop("controllers", [])
         super().__setstate__(state)
         self.__dict__.setdefault("nonfinite", "raise")
         self.__dict__.setdefault("plan", None)
@@ -522,6 +594,8 @@ class Muon(Optimizer):
         self._muon_step = step
         if stats:
             self.stats.update(stats)
+        for c in controllers:
+            self.add_controller(c)
 
 
 def _momentum_(bufs: list[torch.Tensor], grads: list[torch.Tensor], beta: float, nesterov: bool,
