@@ -583,6 +583,9 @@ class Muon(Optimizer):
         return state
 
     def __setstate__(self, state: dict) -> None:
+        if "defaults" not in state:  # torch's load_state_dict passes only state and param_groups
+            super().__setstate__(state)  # keep hooks, controllers and stats (load_state_dict restores them)
+            return
         step, stats = state.pop("_muon_step", 0), state.pop("stats", None)
         controllers = state.pop("controllers", [])
         super().__setstate__(state)
