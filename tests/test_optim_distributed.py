@@ -2,8 +2,9 @@
 
 The test runs this file as a script once per rank (``python test_optim_distributed.py RANK WORLD
 PORT OUT``); each rank saves its results, and the test compares them with a single-process run.
-Three setups: replicated parameters with identical gradients (plus a row-split parameter), DDP with
-a different half-batch per rank through MuonWithAdamW, and DTensor (Shard(0)) parameters.
+Four setups: replicated parameters with identical gradients (plus a row-split parameter), DDP with
+a different half-batch per rank through MuonWithAdamW, the same under FSDP2 (``fully_shard``: every
+parameter a DTensor shard), and bare DTensor (Shard(0)) parameters.
 """
 
 import os
@@ -79,7 +80,8 @@ def run_combined(model, rank=0, world=1):
         opt.zero_grad()
         _loss(model, x.chunk(world)[rank], y.chunk(world)[rank]).backward()
         opt.step()
-    return {n: p.detach().clone() for n, p in inner.named_parameters()}
+    return {n: (p.full_tensor() if hasattr(p, "full_tensor") else p).detach().clone()
+            for n, p in inner.named_parameters()}
 
 
 def _dtensor_problem():
@@ -117,8 +119,17 @@ def _worker(rank, world, port, out):
         replicated = run_replicated(nn.Parameter(torch.randn(18, 10)))
         ddp = DistributedDataParallel(_model())
         combined = run_combined(ddp, rank, world)
-        dtensor = run_dtensor(init_device_mesh("cpu", (world,)))
-        torch.save({"replicated": replicated, "combined": combined, "dtensor": dtensor}, out)
+        mesh = init_device_mesh("cpu", (world,))
+        dtensor = run_dtensor(mesh)
+        from torch.distributed.fsdp import fully_shard
+
+        model = _model()
+        for module in model:
+            if isinstance(module, nn.Linear):
+                fully_shard(module, mesh=mesh)
+        fully_shard(model, mesh=mesh)
+        fsdp = run_combined(model, rank, world)
+        torch.save({"replicated": replicated, "combined": combined, "dtensor": dtensor, "fsdp": fsdp}, out)
     finally:
         dist.destroy_process_group()
 
@@ -153,7 +164,7 @@ def test_two_gloo_processes_match_one(tmp_path):
     ref_dtensor = run_dtensor()
 
     # Every rank ends with bit-identical parameters ...
-    for key in ("replicated", "combined"):
+    for key in ("replicated", "combined", "fsdp"):
         a, b = (r[key][0] if key == "replicated" else r[key] for r in res)
         assert all(torch.equal(a[n], b[n]) for n in a)
     assert all(torch.equal(x, y) for x, y in zip(res[0]["dtensor"], res[1]["dtensor"], strict=True))
@@ -163,6 +174,7 @@ def test_two_gloo_processes_match_one(tmp_path):
         torch.testing.assert_close(res[0]["replicated"][0][n], p, rtol=0, atol=2e-6)
     for n, p in ref_combined.items():
         torch.testing.assert_close(res[0]["combined"][n], p, rtol=0, atol=2e-5)
+        torch.testing.assert_close(res[0]["fsdp"][n], p, rtol=0, atol=2e-5)
     for x, y in zip(res[0]["dtensor"], ref_dtensor, strict=True):
         torch.testing.assert_close(x, y, rtol=0, atol=2e-6)
 

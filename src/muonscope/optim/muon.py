@@ -418,15 +418,7 @@ class Muon(Optimizer):
         self.stats["last_skipped_nonfinite"] = 0
         if not items:
             return items
-        # max |g| per gradient in one multi-tensor op: finite exactly when every entry is.
-        local = [D.local_part(it.grad) for it in items]
-        maxabs = torch._foreach_norm([g if g.numel() else g.new_zeros(1) for g in local], float("inf"))
-        device = maxabs[0].device
-        bad = torch.logical_not(torch.isfinite(torch.stack([v.float().to(device) for v in maxabs])))
-        bad = bad.to(torch.int32)
-        if ctx:
-            bad = ctx.all_reduce_max_(bad)  # every rank takes the same decision
-        bad = bad.tolist()
+        bad = nonfinite_mask([it.grad for it in items], ctx)
         if not any(bad):
             return items
         names = [it.name for it, b in zip(items, bad, strict=True) if b]
@@ -599,6 +591,23 @@ class Muon(Optimizer):
             self.stats.update(stats)
         for c in controllers:
             self.add_controller(c)
+
+
+def nonfinite_mask(grads: list[torch.Tensor], ctx=None) -> list[bool]:
+    """Which gradients hold a NaN/Inf (on any rank: every rank takes the same decision).
+
+    One multi-tensor max-|g| over the local data; it is finite exactly when every entry is.
+    """
+    if not grads:
+        return []
+    local = [D.local_part(g) for g in grads]
+    maxabs = torch._foreach_norm([g if g.numel() else g.new_zeros(1) for g in local], float("inf"))
+    device = maxabs[0].device
+    bad = torch.logical_not(torch.isfinite(torch.stack([v.float().to(device) for v in maxabs])))
+    bad = bad.to(torch.int32)
+    if ctx:
+        bad = ctx.all_reduce_max_(bad)
+    return [bool(b) for b in bad.tolist()]
 
 
 def _momentum_(bufs: list[torch.Tensor], grads: list[torch.Tensor], beta: float, nesterov: bool,

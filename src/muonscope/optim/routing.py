@@ -20,7 +20,8 @@ from torch import nn
 from torch.optim import Optimizer
 
 from muonscope.errors import ConfigError, NonFiniteError
-from muonscope.optim.muon import DEFAULT_NS_COEFFICIENTS, NONFINITE_POLICIES, Muon
+from muonscope.optim import distributed as D
+from muonscope.optim.muon import DEFAULT_NS_COEFFICIENTS, NONFINITE_POLICIES, Muon, nonfinite_mask
 
 HEAD_NAMES = ("lm_head", "head", "classifier", "fc", "output", "score", "logits")
 
@@ -208,7 +209,9 @@ class MuonWithAdamW(Optimizer):
             named += [(n, p) for n, p in zip(names, g["params"], strict=True) if p.grad is not None]
         if not named:
             return []
-        bad = torch.stack([torch.logical_not(torch.isfinite(p.grad).all()).cpu() for _, p in named]).tolist()
+        opts = self.muon if self.muon is not None else None
+        ctx = D.DistContext.detect(opts._process_group if opts else None, opts._distributed if opts else None)
+        bad = nonfinite_mask([p.grad for _, p in named], ctx)
         if not any(bad):
             return []
         names = [n for (n, _), b in zip(named, bad, strict=True) if b]
