@@ -43,7 +43,15 @@ class TrainConfig:
     momentum: float = 0.95
     nesterov: bool = False
     schedule: str = "jordan"
-    ns_steps: int = 5
+    ns_steps: int | str = 5  # or "adaptive": per-matrix steps from the monitored s_q
+    orthogonalizer: str = "ns"  # "ns", "exact" (SVD polar factor) or "hybrid" (NS + exact correction)
+    target_q: float = 0.5  # adaptive: quantile NS must lift
+    rho: float = 0.1  # adaptive and hybrid: failure level
+    max_steps: int | None = None  # adaptive: most steps (None: twice the schedule's default)
+    hybrid_every: int = 100  # hybrid: correct every k-th step ...
+    hybrid_bound: float | None = 0.0  # ... and while the bulk NS map's failed share exceeds this
+    hybrid_fraction: float = 0.05  # hybrid: bottom share of directions corrected
+    hybrid_correction: str = "bottom"  # hybrid: "bottom" (Gram eigendecomposition) or "exact" (SVD)
     adjust_lr_fn: str = "match_rms_adamw"
     warmup_steps: int = 20
     monitor_every: int = 10
@@ -66,6 +74,13 @@ class TrainConfig:
             v = getattr(self, name)
             if not (math.isfinite(v) and v > 0):
                 raise ConfigError(f"{name} must be positive and finite, got {v!r}")
+        if self.ns_steps != "adaptive" and (isinstance(self.ns_steps, bool) or not isinstance(self.ns_steps, int)
+                                            or self.ns_steps < 1):
+            raise ConfigError(f"ns_steps must be a positive integer or 'adaptive', got {self.ns_steps!r}")
+        if self.orthogonalizer not in ("ns", "exact", "hybrid"):
+            raise ConfigError(f"orthogonalizer must be 'ns', 'exact' or 'hybrid', got {self.orthogonalizer!r}")
+        if self.optimizer == "muon":
+            _orthogonalization(self)  # raises ConfigError on bad adaptive/hybrid options
         get_preset(self.preset)
         return self
 
@@ -87,13 +102,37 @@ class TrainConfig:
 
 
 def same_run(saved: dict, requested: dict) -> bool:
-    """True if ``requested`` continues ``saved``: equal except a total ``steps`` not smaller."""
+    """True if ``requested`` continues ``saved``: equal except a total ``steps`` not smaller.
+
+    Options missing from ``saved`` (added to TrainConfig later) match their default.
+    """
     a, b = dict(saved), dict(requested)
+    defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig) if f.default is not dataclasses.MISSING}
+    for k in set(b) - set(a):
+        if k in defaults and b[k] == defaults[k]:
+            a[k] = b[k]
     return a.pop("steps") <= b.pop("steps") and a == b
 
 
+def _orthogonalization(cfg: TrainConfig) -> dict:
+    """Muon keyword arguments selecting NS, adaptive steps, exact polar or hybrid correction."""
+    from muonscope.optim.adaptive import AdaptiveSteps
+    from muonscope.orth.hybrid import HybridNS
+
+    if cfg.orthogonalizer == "hybrid":
+        steps = None if cfg.ns_steps == "adaptive" else cfg.ns_steps
+        orth = HybridNS(cfg.schedule, steps, correction=cfg.hybrid_correction, fraction=cfg.hybrid_fraction,
+                        every=cfg.hybrid_every, bound=cfg.hybrid_bound, rho=cfg.rho)
+        return {"orthogonalizer": orth, "ns_steps": steps}
+    if cfg.ns_steps == "adaptive":
+        AdaptiveSteps(cfg.target_q, cfg.rho, cfg.max_steps)  # validates
+    return {"orthogonalizer": cfg.orthogonalizer, "ns_steps": cfg.ns_steps, "target_q": cfg.target_q,
+            "rho": cfg.rho, "max_steps": cfg.max_steps}
+
+
 def build_optimizer(model: GPT, cfg: TrainConfig):
-    """Muon for the block matrices, AdamW for the rest; or AdamW everywhere."""
+    """Muon for the block matrices (NS, adaptive steps, exact polar or hybrid), AdamW for the rest;
+    or AdamW everywhere."""
     if cfg.optimizer == "adamw":
         decay = [p for n, p in model.named_parameters() if p.ndim >= 2]
         no_decay = [p for n, p in model.named_parameters() if p.ndim < 2]
@@ -104,8 +143,8 @@ def build_optimizer(model: GPT, cfg: TrainConfig):
 
     return MuonWithAdamW(
         model, lr=cfg.lr, weight_decay=cfg.weight_decay, momentum=cfg.momentum, nesterov=cfg.nesterov,
-        schedule=cfg.schedule, ns_steps=cfg.ns_steps, adjust_lr_fn=cfg.adjust_lr_fn,
-        adamw_lr=cfg.adamw_lr, adamw_betas=(0.9, 0.95), adamw_weight_decay=cfg.weight_decay, plan=cfg.plan)
+        schedule=cfg.schedule, adjust_lr_fn=cfg.adjust_lr_fn, adamw_lr=cfg.adamw_lr, adamw_betas=(0.9, 0.95),
+        adamw_weight_decay=cfg.weight_decay, plan=cfg.plan, **_orthogonalization(cfg))
 
 
 def lr_factor(step: int, cfg: TrainConfig) -> float:
@@ -218,6 +257,8 @@ def train(cfg: TrainConfig, out_dir: str | os.PathLike, *, resume: bool = False,
             elapsed = time.perf_counter() - t0
             tps = tokens_per_step * (step - start) / max(elapsed, 1e-9)
             row = {"train_loss": last_loss, "lr": base_lrs[0] * f, "tokens": step * tokens_per_step}
+            if cfg.optimizer == "muon":  # orthogonalization cost of this step, all Muon matrices
+                row.update(ns_flops=optimizer.stats["last_ns_flops"], ns_matmuls=optimizer.stats["last_ns_matmuls"])
             if step % 10 == 0 or step == cfg.steps:
                 row["tokens_per_s"] = tps
             if step % cfg.eval_every == 0 or step == cfg.steps:
