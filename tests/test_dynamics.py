@@ -216,3 +216,20 @@ def test_paired_effect_against_closed_forms():
     assert z.n == 2 and z.mean_diff == 0 and math.isnan(z.wilcoxon_p)
     with pytest.raises(ConfigError):
         paired_effect([1.0], [1.0, 2.0])
+
+
+def test_spectral_rows_carry_ns_fidelity():
+    from muonscope.experiments.dynamics.record import spectral_row
+    from muonscope.orth.analysis import threshold
+
+    tau = threshold("jordan", 5, 0.1)  # smallest s that 5 Jordan steps lift to ≥ 0.1
+    sigma = np.array([1.0, 0.3, 0.5 * tau, 2.0 * tau])
+    sigma = sigma / np.linalg.norm(sigma)
+    row = spectral_row(7, 3.0 * sigma, source="ns_input", rows=4, cols=9, ns_label=("jordan", 5))
+    assert row["frac_failed"] == 0.25 and row["rho"] == 0.1 and row["ns_out_min"] < 0.1
+    assert row["frob_norm"] == pytest.approx(3.0) and row["spectrum"][0] == pytest.approx(sigma[0])
+    exact = spectral_row(7, sigma, source="ns_input", rows=4, cols=9, ns_label=("exact", 0))
+    assert exact["ns_out_min"] == 1.0 and exact["frac_failed"] == 0.0
+    weight = spectral_row(7, sigma, source="weight", rows=4, cols=9, ns_label=("exact", 0))
+    assert math.isnan(weight["ns_out_min"])
+    assert spectral_row(7, np.zeros(3), source="weight", rows=3, cols=3, ns_label=("none", 0)) is None

@@ -525,8 +525,7 @@ def dynamics_entropy(
     from muonscope.experiments.dynamics.sensing import SensingRunConfig
 
     _dyn_setup(threads, out)
-    sensing_cfg = SensingRunConfig(seeds=tuple(range(10)), steps=1000, lr=0.01, init="powerlaw",
-                                   init_scale=0.1) if sensing_check else None
+    sensing_cfg = SensingRunConfig() if sensing_check else None  # the `dynamics sensing` defaults
     bar, advance = _dyn_progress(2 if sensing_check else 1, "entropy")
     with bar:
         s = experiment(rows=rows, cols=cols, instances=instances, seed=seed, sensing_cfg=sensing_cfg,

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.linalg import expm
 
-from muonscope.errors import ConfigError
+from muonscope.errors import ConfigError, ShapeError
 from muonscope.spectra import metrics as M
 
 NORMS = ("frobenius", "spectral")
@@ -42,7 +42,7 @@ def first_order_gain(W, D) -> float:
     W = np.asarray(W, dtype=np.float64)
     D = np.asarray(D, dtype=np.float64)
     if W.shape != D.shape or W.ndim != 2:
-        raise ConfigError(f"W and D must be matrices of one shape, got {W.shape} and {D.shape}")
+        raise ShapeError(f"W and D must be matrices of one shape, got {W.shape} and {D.shape}")
     U, s, Vt = np.linalg.svd(W, full_matrices=False)
     if np.any(s <= 0):
         raise ConfigError("the first-order entropy gain needs W of full rank min(m, n)")

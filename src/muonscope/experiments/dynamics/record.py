@@ -29,10 +29,24 @@ def open_run(path: str | os.PathLike, meta: dict, *, overwrite: bool = False) ->
     return RunStore.create(path, meta, flush_rows=10**9, flush_seconds=1e9)
 
 
+def scalar_map_for(ns_label: tuple[str, int]):
+    """The map s ↦ output singular value of an update rule: NS composition, exact (1 for s > 0),
+    or None for rules that are not orthogonalizers."""
+    name, steps = ns_label
+    if name == "exact":
+        return lambda s: (np.asarray(s) > 0).astype(np.float64)
+    if steps > 0:
+        from muonscope.orth.analysis import composed_map
+
+        return lambda s: composed_map(name, steps, np.asarray(s, dtype=np.float64))
+    return None
+
+
 def spectral_row(step: int, sigma: np.ndarray, *, source: str, rows: int, cols: int,
                  ns_label: tuple[str, int], quantiles: Sequence[float] = DEFAULT_QUANTILES,
-                 param: str = "W") -> dict | None:
-    """One spectral record from the singular values ``sigma`` of a rows×cols matrix."""
+                 param: str = "W", rho: float = 0.1) -> dict | None:
+    """One spectral record from the singular values ``sigma`` of a rows×cols matrix; for
+    ``source="ns_input"`` also ns_out_min and frac_failed (share of directions mapped below ρ)."""
     sigma = np.asarray(sigma, dtype=np.float64)
     frob = float(np.linalg.norm(sigma))
     if sigma.size == 0 or not np.isfinite(frob) or frob == 0.0:
@@ -45,7 +59,8 @@ def spectral_row(step: int, sigma: np.ndarray, *, source: str, rows: int, cols: 
         "ns_steps": int(ns_label[1]), "source": source, "process_rank": 0,
         "ns_out_min": float("nan"), "frac_failed": float("nan"), "rho": float("nan"),
     }
-    rec.update(spectrum_record(s, quantiles))
+    smap = scalar_map_for(ns_label) if source == "ns_input" else None
+    rec.update(spectrum_record(s, quantiles, scalar_map=smap, rho=rho))
     rec["spectrum"] = [float(x) for x in s]
     return rec
 

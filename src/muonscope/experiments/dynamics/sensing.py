@@ -43,15 +43,15 @@ class SensingRunConfig:
     problem: SensingConfig = field(default_factory=SensingConfig)
     rules: tuple[str, ...] = ("muon", "muon-ns", "gd", "nmgd", "random-orth")
     seeds: tuple[int, ...] = tuple(range(10))
-    steps: int = 1500
-    lr: float = 0.05
+    steps: int = 1000
+    lr: float = 0.01
     gd_lr: float = 1.0
     lr_schedule: str = "cosine"
     momentum: float = 0.0
     nesterov: bool = False
-    init: str = "zero"
-    init_scale: float = 0.5
-    record_every: int = 10
+    init: str = "powerlaw"
+    init_scale: float = 0.1
+    record_every: int = 5
 
     def __post_init__(self) -> None:
         if not self.rules:
@@ -281,15 +281,6 @@ def write_stores(result: SensingResult, out_dir: str | Path, *, overwrite: bool 
             paths.append(record.write_run(out_dir / f"{safe}-seed{seed}", meta, spectra, metrics,
                                           overwrite=overwrite))
     return paths
-
-
-def mean_trace(result: SensingResult, metric: str) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]:
-    """rule → (steps, mean over seeds, sd over seeds) of a trace."""
-    out = {}
-    for label, tr in result.trajectories.items():
-        x = tr.traces[metric]
-        out[label] = (tr.steps, np.nanmean(x, axis=0), np.nanstd(x, axis=0))
-    return out
 
 
 def experiment(cfg: SensingRunConfig, out_dir: str | Path | None = None, *, summary_path: str | Path | None = None,
