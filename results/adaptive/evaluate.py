@@ -1,0 +1,191 @@
+"""Evaluation of adaptive, planned, hybrid and exact orthogonalization against fixed Jordan x5.
+
+Trains the tiny GPT with each method at several sizes and seeds (same init, data order and
+validation batches per seed, so methods pair up by seed), one run at a time in this process, and
+appends one summary row per finished run to ``results/adaptive/runs.csv``. Re-running skips runs
+already summarized and resumes partial ones from their checkpoints.
+
+    .venv/bin/python results/adaptive/evaluate.py run --steps 300 --seeds 0 1 2
+    .venv/bin/python results/adaptive/evaluate.py summarize
+
+The static plan comes from laws fitted on the complete runs of ``runs/sweep`` (planned for each
+evaluated model's own size, names from that size's sweep run); it is written to
+``results/adaptive/plans/{preset}.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parents[1]
+RUNS = ROOT / "runs" / "adaptive-eval"
+SWEEP = ROOT / "runs" / "sweep"
+CSV = HERE / "runs.csv"
+PRESETS = ("d48", "d64", "d96")
+METHODS = {
+    "jordan5": {},
+    "adaptive": {"ns_steps": "adaptive", "target_q": 0.5, "rho": 0.1},
+    "plan": {},  # filled per preset from the fitted laws
+    "hybrid": {"orthogonalizer": "hybrid", "hybrid_every": 10, "hybrid_bound": 0.0, "hybrid_fraction": 0.05},
+    "exact": {"orthogonalizer": "exact"},
+}
+NULL_S = 1e-7  # normalized singular values below this are float32 round-off (numerically null)
+COLUMNS = ["method", "preset", "seed", "model_params", "steps", "final_val_loss", "final_train_loss",
+           "ns_flops", "ns_matmuls", "ns_flops_per_step", "wall_seconds", "tokens_per_s", "frac_failed",
+           "frac_failed_nonnull", "frac_failed_last", "mean_ns_steps", "threads"]
+
+
+def plan_for(preset: str) -> dict:
+    """The planner's static plan for ``preset`` from laws fitted on the complete sweep runs."""
+    path = HERE / "plans" / f"{preset}.json"
+    if path.exists():
+        return json.loads(path.read_text())
+    from muonscope.laws import fit_laws, make_plan, names_from_records
+    from muonscope.spectra.store import RunStore, find_runs, read_runs
+
+    complete = [p for p in find_runs([SWEEP]) if RunStore.open(p).meta.get("status") == "complete"
+                and RunStore.open(p).meta["config"]["optimizer"] == "muon"]
+    df = read_runs(complete)
+    laws = fit_laws(df)
+    own = [p for p in complete if RunStore.open(p).meta.get("preset") == preset]
+    if not own:
+        raise SystemExit(f"no complete sweep run of {preset} in {SWEEP} to name its parameters")
+    mine = read_runs(own)
+    size = int(mine["model_params"].iloc[0])
+    plan = make_plan(laws, size, quantile=0.5, rho=0.1, names=names_from_records(mine)).to_dict()
+    plan["fitted_on"] = [p.name for p in complete]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(plan, indent=1))
+    return plan
+
+
+def done_runs() -> set[tuple[str, str, int]]:
+    if not CSV.exists():
+        return set()
+    with CSV.open() as fh:
+        return {(r["method"], r["preset"], int(r["seed"])) for r in csv.DictReader(fh)}
+
+
+def summarize_run(run_dir: Path, method: str, preset: str, seed: int, wall: float) -> dict:
+    from muonscope.spectra.store import RunStore
+
+    store = RunStore.open(run_dir)
+    meta, m, sp = store.meta, store.metrics(), store.spectra()
+    val = m[m.name == "val_loss"].sort_values("step")
+    flops = m[m.name == "ns_flops"]
+    mm = m[m.name == "ns_matmuls"]
+    tps = m[m.name == "tokens_per_s"].sort_values("step")
+    late = sp[sp.step >= 50]
+    null = (late.s_min < NULL_S).astype(float) / late[["rows", "cols"]].min(axis=1)
+    last = sp[sp.step == sp.step.max()]
+    return {
+        "method": method, "preset": preset, "seed": seed, "model_params": meta["model_params"],
+        "steps": meta.get("steps"), "final_val_loss": float(val.value.iloc[-1]),
+        "final_train_loss": meta.get("final_train_loss"),
+        "ns_flops": float(flops.value.sum()), "ns_matmuls": float(mm.value.sum()),
+        "ns_flops_per_step": float(flops.value.mean()), "wall_seconds": wall,
+        "tokens_per_s": float(tps.value.iloc[-1]) if len(tps) else math.nan,
+        "frac_failed": float(late.frac_failed.mean()),
+        "frac_failed_nonnull": float((late.frac_failed - null).clip(lower=0).mean()),
+        "frac_failed_last": float(last.frac_failed.mean()),
+        "mean_ns_steps": float(late.ns_steps.mean()), "threads": meta.get("threads"),
+    }
+
+
+def run(args) -> None:
+    import torch
+
+    from muonscope.experiments.train import TrainConfig, train
+
+    torch.set_num_threads(args.threads)
+    done = done_runs()
+    t_start = time.time()
+    for seed in args.seeds:
+        for preset in args.presets:
+            for method in args.methods:
+                if (method, preset, seed) in done:
+                    continue
+                if args.budget and time.time() - t_start > args.budget:
+                    print(f"budget of {args.budget:.0f}s used; stopping (re-run to continue)", flush=True)
+                    return
+                opts = dict(METHODS[method])
+                if method == "plan":
+                    opts["plan"] = plan_for(preset)
+                cfg = TrainConfig(preset=preset, steps=args.steps, seed=seed, eval_every=100,
+                                  eval_batches=args.eval_batches, checkpoint_every=100, monitor_every=10,
+                                  **opts)
+                rdir = RUNS / method / f"{preset}-s{seed}"
+                t0 = time.time()
+                summary = train(cfg, rdir, resume=(rdir / "run.json").exists(), progress=False)
+                wall = time.time() - t0
+                if summary["status"] != "complete":
+                    print(f"{method} {preset} s{seed}: {summary['status']}", flush=True)
+                    return
+                row = summarize_run(rdir, method, preset, seed, wall)
+                new = not CSV.exists()
+                with CSV.open("a", newline="") as fh:
+                    w = csv.DictWriter(fh, fieldnames=COLUMNS)
+                    if new:
+                        w.writeheader()
+                    w.writerow(row)
+                print(f"{method:9s} {preset} s{seed}: val {row['final_val_loss']:.4f}  "
+                      f"flops/step {row['ns_flops_per_step']:.3g}  wall {wall:.0f}s  "
+                      f"failed {row['frac_failed']:.4f}", flush=True)
+
+
+def summarize(args) -> None:
+    """Per (preset, method): mean ± std over seeds, paired differences to jordan5, FLOP ratios."""
+    import pandas as pd
+
+    df = pd.read_csv(CSV)
+    base = df[df.method == "jordan5"].set_index(["preset", "seed"])
+    rows = []
+    for (preset, method), g in df.groupby(["preset", "method"], sort=False):
+        paired = g.set_index(["preset", "seed"]).join(base, rsuffix="_ref", how="inner")
+        d = paired.final_val_loss - paired.final_val_loss_ref
+        rows.append({
+            "preset": preset, "method": method, "seeds": len(g), "model_params": int(g.model_params.iloc[0]),
+            "val_loss_mean": g.final_val_loss.mean(), "val_loss_std": g.final_val_loss.std(ddof=1),
+            "dval_vs_jordan5_mean": d.mean(), "dval_vs_jordan5_std": d.std(ddof=1) if len(d) > 1 else math.nan,
+            "dval_t": d.mean() / (d.std(ddof=1) / np.sqrt(len(d))) if len(d) > 1 and d.std(ddof=1) > 0 else math.nan,
+            "ns_flops_per_step": g.ns_flops_per_step.mean(),
+            "flops_vs_jordan5": (paired.ns_flops / paired.ns_flops_ref).mean(),
+            "wall_s_mean": g.wall_seconds.mean(), "wall_vs_jordan5": (paired.wall_seconds / paired.wall_seconds_ref).mean(),
+            "frac_failed": g.frac_failed.mean(), "frac_failed_nonnull": g.frac_failed_nonnull.mean(),
+            "mean_ns_steps": g.mean_ns_steps.mean(),
+        })
+    out = pd.DataFrame(rows)
+    order = {m: i for i, m in enumerate(METHODS)}
+    out = out.sort_values(["model_params", "method"], key=lambda c: c.map(order) if c.name == "method" else c)
+    out.to_csv(HERE / "summary.csv", index=False, float_format="%.6g")
+    print(out.to_string(index=False, float_format=lambda x: f"{x:.4g}"))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    r = sub.add_parser("run")
+    r.add_argument("--steps", type=int, default=300)
+    r.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    r.add_argument("--presets", nargs="+", default=list(PRESETS))
+    r.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
+    r.add_argument("--eval-batches", type=int, default=16)
+    r.add_argument("--threads", type=int, default=1)
+    r.add_argument("--budget", type=float, default=0.0, help="stop starting new runs after this many seconds")
+    r.set_defaults(func=run)
+    s = sub.add_parser("summarize")
+    s.set_defaults(func=summarize)
+    args = ap.parse_args()
+    args.func(args)
+
+
+if __name__ == "__main__":
+    main()
