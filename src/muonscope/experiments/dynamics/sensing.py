@@ -214,13 +214,15 @@ def summarize(result: SensingResult, reference: str | None = None) -> dict:
         raise ConfigError(f"reference rule {ref!r} was not run; ran: {', '.join(trajs)}")
     w_ref = trajs[ref].final_W
     W_star = result.problem.W_star.numpy()
-    w_mf = result.problem.min_frobenius().numpy()
+    under = result.problem.config.underdetermined
+    w_mf = result.problem.min_frobenius().numpy() if under else None
     star_entropy = M.spectral_entropy(np.linalg.svd(W_star, compute_uv=False), normalized=True)
     per_rule = {}
     for label, tr in trajs.items():
         fin = {k: v[:, -1] for k, v in tr.traces.items()}
         dist_ref = np.linalg.norm(tr.final_W - w_ref, axis=(-2, -1)) / np.linalg.norm(w_ref, axis=(-2, -1))
-        dist_mf = np.linalg.norm(tr.final_W - w_mf, axis=(-2, -1)) / np.linalg.norm(w_mf, axis=(-2, -1))
+        dist_mf = (np.linalg.norm(tr.final_W - w_mf, axis=(-2, -1)) / np.linalg.norm(w_mf, axis=(-2, -1))
+                   if under else np.full(tr.final_W.shape[0], np.nan))
         per_rule[label] = {
             "ns_schedule": tr.ns_label[0], "ns_steps": tr.ns_label[1],
             **{f"final_{k}_mean": float(np.nanmean(v)) for k, v in fin.items()},
