@@ -194,6 +194,10 @@ def test_training_metrics_carry_the_per_step_cost(tmp_path):
     sp = st.spectra()
     assert set(sp[sp.step == 2].ns_schedule) == {"jordan+bottom0.05"}
     assert set(sp[sp.step == 3].ns_schedule) == {"jordan"}
+    # per-layer cost in the spectral records
+    q2, q3 = sp[(sp.step == 2) & (sp.layer_type == "q")], sp[(sp.step == 3) & (sp.layer_type == "mlp_up")]
+    assert (q2.ns_flops == h.flops(32, 32)).all() and (q2.ns_matmuls == 19).all()
+    assert (q3.ns_flops == 5 * 589824).all() and (q3.ns_matmuls == 15).all()
 
 
 def test_hybrid_equals_exact_polar_on_corrected_steps(rng):

@@ -3,7 +3,8 @@
 Attach it to a :class:`muonscope.Muon`; on sampled steps every monitored matrix X yields one record:
 quantiles s_q of s = σ/‖X‖_F (descending rank ⌈q·r⌉), s_max, s_min, ‖X‖_F, stable rank, normalized
 spectral entropy, and NS fidelity from the scalar map at zero matmul cost: min_i p(s_i) and the
-share of directions with p(s_i) < ρ. With ``spectrum="gram"`` (default) s comes from the first NS
+share of directions with p(s_i) < ρ, and the orthogonalizer's cost on that matrix that step (``ns_flops``,
+``ns_matmuls``). With ``spectrum="gram"`` (default) s comes from the first NS
 Gram matrix A₀ = X₀X₀ᵀ the optimizer forms anyway (one symmetric eigensolve, no extra products; its
 accuracy is that of the NS compute dtype: absolute error on s² ≈ eps_dtype·‖A₀‖); ``"svd"`` computes
 σ by a float64 SVD of X instead (exact, costs an SVD). ``source="momentum"`` measures the momentum
@@ -160,6 +161,7 @@ class SpectralMonitor:
             "layer_type": info.layer_type, "block": info.block, "rel_depth": info.rel_depth,
             "rows": int(X.shape[0]), "cols": int(X.shape[1]), "model_params": self.model_params,
             "frob_norm": frob, "ns_schedule": sched, "ns_steps": int(steps), "source": self.source,
+            "ns_flops": int(event.orthogonalizer.flops(*X.shape)), "ns_matmuls": int(event.orthogonalizer.matmuls()),
             "process_rank": int(getattr(event, "process_rank", 0)),
         }
         rec.update(spectrum_record(s, self.quantiles, scalar_map=event.orthogonalizer.scalar_map, rho=self.rho))
