@@ -21,6 +21,7 @@ import torch
 from muonscope.errors import ConfigError, StoreError
 from muonscope.experiments.data import load_corpus
 from muonscope.experiments.model import GPT, get_preset
+from muonscope.optim.checkpoint import load_checkpoint, save_checkpoint
 
 CHECKPOINT = "checkpoint.pt"
 
@@ -167,22 +168,9 @@ def evaluate(model: GPT, corpus, cfg: TrainConfig, block_size: int) -> float:
     return sum(losses) / len(losses)
 
 
-def _save_checkpoint(path: Path, step: int, model, optimizer, gen: torch.Generator, cfg: TrainConfig) -> None:
-    tmp = path.with_name(f".tmp-{path.name}")
-    torch.save({"step": step, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                "generator": gen.get_state(), "config": cfg.to_dict()}, tmp)
-    os.replace(tmp, path)
-
-
-def load_checkpoint(path: str | os.PathLike) -> dict:
-    """Load a training checkpoint with ``weights_only=True`` (no arbitrary code)."""
-    path = Path(path)
-    if not path.exists():
-        raise StoreError(f"no checkpoint at {path}")
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise StoreError(f"cannot read checkpoint {path}: {exc}") from exc
+def _save(path: Path, step: int, model, optimizer, gen: torch.Generator, cfg: TrainConfig) -> None:
+    save_checkpoint(path, model=model, optimizer=optimizer, rng=False, step=step,
+                    generator=gen.get_state(), config=cfg.to_dict())
 
 
 def train(cfg: TrainConfig, out_dir: str | os.PathLike, *, resume: bool = False, progress: bool = True,
@@ -209,12 +197,10 @@ def train(cfg: TrainConfig, out_dir: str | os.PathLike, *, resume: bool = False,
     gen = torch.Generator().manual_seed(cfg.seed)
     start = 0
     if resume and ckpt_path.exists():
-        state = load_checkpoint(ckpt_path)
+        state = load_checkpoint(ckpt_path, model=model, optimizer=optimizer, rng=False)
         if not same_run(state["config"], cfg.to_dict()):
             raise ConfigError(f"{ckpt_path} was written with a different configuration (only --steps may "
                               "grow on resume); start a new run directory")
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
         gen.set_state(state["generator"])
         start = int(state["step"])
     elif (out / "run.json").exists() and not resume:
@@ -266,13 +252,13 @@ def train(cfg: TrainConfig, out_dir: str | os.PathLike, *, resume: bool = False,
             store.log_metrics(step, **row)
             if step % cfg.checkpoint_every == 0:
                 store.flush()
-                _save_checkpoint(ckpt_path, step, model, optimizer, gen, cfg)
+                _save(ckpt_path, step, model, optimizer, gen, cfg)
             bar.update(step, last_loss, tps)
     except KeyboardInterrupt:
         status = "interrupted"
     finally:
         bar.close()
-        _save_checkpoint(ckpt_path, step, model, optimizer, gen, cfg)
+        _save(ckpt_path, step, model, optimizer, gen, cfg)
         if monitor is not None:
             monitor.close()
         store.flush()
