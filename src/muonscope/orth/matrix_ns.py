@@ -50,9 +50,10 @@ def newton_schulz(
     lead = X.shape[:-2]
     m, n = X.shape[-2:]
     X = X.reshape(-1, m, n) if len(lead) != 0 else X
-    # Cast first (so normalization rounds in the compute dtype), then divide out of place: one
-    # pass over X when no cast is needed.
-    X = X.to(dtype=dtype) if X.dtype != dtype else X
+    # Cast first (so normalization rounds in the compute dtype) and divide the cast copy in place;
+    # without a cast, divide out of place (one pass, no separate clone).
+    owned = X.dtype != dtype
+    X = X.to(dtype=dtype) if owned else X
     if X.numel() == 0:
         out = X.clone()
         gram = X.new_zeros(*X.shape[:-1], m)
@@ -60,7 +61,7 @@ def newton_schulz(
         norm = torch.linalg.vector_norm(X, dim=(-2, -1), keepdim=True)
         if sched.safety != 1.0:
             norm = norm * sched.safety
-        X = X / norm.clamp_(min=eps)
+        X = X.div_(norm.clamp_(min=eps)) if owned else X / norm.clamp_(min=eps)
         gram = None
         batched = X.ndim == 3
         for i, (a, b, c) in enumerate(coeffs):
