@@ -31,7 +31,8 @@ from muonscope.optim.adaptive import ADAPTIVE, AdaptiveSteps, HybridControl
 from muonscope.optim.hooks import OrthEvent
 from muonscope.optim.plan import Plan, load_plan
 from muonscope.orth.hybrid import HybridNS
-from muonscope.orth.orthogonalizers import Orthogonalizer, make_orthogonalizer
+from muonscope.orth.matrix_ns import default_compute_dtype
+from muonscope.orth.orthogonalizers import NewtonSchulz, Orthogonalizer, make_orthogonalizer
 from muonscope.orth.schedules import JORDAN, Schedule, get_schedule
 
 DEFAULT_NS_COEFFICIENTS = JORDAN
@@ -496,12 +497,22 @@ class Muon(Optimizer):
             buckets.setdefault(key, []).append((w, m > n))
         for bucket in buckets.values():
             orth = bucket[0][0].orth
+            first = bucket[0][0].matrix
             if len(bucket) == 1:
                 w = bucket[0][0]
                 w.update, w.spectrum = orth(w.matrix, want_spectrum=want_spectrum)
             else:
-                G = torch.stack([w.matrix.mT if t else w.matrix for w, t in bucket])
+                # NS casts its input to the compute dtype first; casting while stacking saves a pass.
+                cdt = (orth.dtype or default_compute_dtype(first.device)) if isinstance(orth, NewtonSchulz) else None
+                if cdt is None or cdt == first.dtype:
+                    G = torch.stack([w.matrix.mT if t else w.matrix for w, t in bucket])
+                else:
+                    m, n = first.shape[::-1] if bucket[0][1] else first.shape
+                    G = first.new_empty((len(bucket), m, n), dtype=cdt)
+                    for i, (w, t) in enumerate(bucket):
+                        G[i].copy_(w.matrix.mT if t else w.matrix)
                 O, S = orth(G, want_spectrum=want_spectrum)
+                O = O.to(first.dtype)
                 for i, (w, t) in enumerate(bucket):
                     w.update = O[i].mT if t else O[i]
                     w.spectrum = S[i] if S is not None else None
@@ -596,14 +607,19 @@ class Muon(Optimizer):
 def nonfinite_mask(grads: list[torch.Tensor], ctx=None) -> list[bool]:
     """Which gradients hold a NaN/Inf (on any rank: every rank takes the same decision).
 
-    One multi-tensor max-|g| over the local data; it is finite exactly when every entry is.
+    Screened by one multi-tensor 2-norm over the local data (NaN/Inf make it non-finite; it is
+    the fastest reduction); a non-finite norm is confirmed entry-wise, since squares of huge
+    finite values can overflow too.
     """
     if not grads:
         return []
     local = [D.local_part(g) for g in grads]
-    maxabs = torch._foreach_norm([g if g.numel() else g.new_zeros(1) for g in local], float("inf"))
-    device = maxabs[0].device
-    bad = torch.logical_not(torch.isfinite(torch.stack([v.float().to(device) for v in maxabs])))
+    norms = torch._foreach_norm(local)
+    device = norms[0].device
+    bad = torch.logical_not(torch.isfinite(torch.stack([v.float().to(device) for v in norms])))
+    if bad.any():
+        for i in torch.nonzero(bad).flatten().tolist():
+            bad[i] = not bool(torch.isfinite(local[i]).all())
     bad = bad.to(torch.int32)
     if ctx:
         bad = ctx.all_reduce_max_(bad)
