@@ -23,7 +23,8 @@ class OrthEvent:
     flattened to (out, rest); one row block for a split parameter, whose ``name`` then ends in
     ``"[block i]"``); ``momentum`` the matching rows of the flattened momentum buffer;
     ``spectrum`` the normalized singular values σ/‖matrix‖_F (float64, descending,
-    length min(rows, cols)) when any hook wanted it this step; ``update`` the orthogonalized matrix.
+    length min(rows, cols)) when any hook wanted it this step; ``update`` the orthogonalized matrix
+    (in the orthogonalizer's compute dtype, e.g. bf16 for bf16 NS).
     """
 
     name: str

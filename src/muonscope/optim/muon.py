@@ -99,6 +99,7 @@ class _Work:
     key: tuple
     flops: int
     lr_ratio: float
+    dtype: torch.dtype  # the orthogonalizer's compute dtype for NS (the update comes back in it)
     update: torch.Tensor | None = None
     spectrum: torch.Tensor | None = None
 
@@ -384,7 +385,7 @@ class Muon(Optimizer):
         if ctx:
             ups = D.all_gather_updates(
                 [w.update for w in works], [w.matrix.shape for w in works],
-                [w.matrix.dtype for w in works], [w.matrix.device for w in works], owners, ctx)
+                [w.dtype for w in works], [w.matrix.device for w in works], owners, ctx)
             for w, u in zip(works, ups, strict=True):
                 w.update = u
         self._apply(works)
@@ -479,8 +480,10 @@ class Muon(Optimizer):
             Mb = (M2 if sl is None else M2[sl]) if M2 is not None else None
             r, c = Xb.shape
             orth_b, key_b = self._control(name, orth, key, group)
+            cdt = ((orth_b.dtype or default_compute_dtype(Xb.device)) if isinstance(orth_b, NewtonSchulz)
+                   else Xb.dtype)
             out.append(_Work(it, name, Xb, Mb, sl, orth_b, key_b, int(orth_b.flops(r, c)),
-                             lr_ratio(group["adjust_lr_fn"], r, c)))
+                             lr_ratio(group["adjust_lr_fn"], r, c), cdt))
         return out
 
     @staticmethod
@@ -493,26 +496,23 @@ class Muon(Optimizer):
                 w.update = torch.zeros_like(w.matrix)
                 w.spectrum = w.matrix.new_zeros(min(m, n), dtype=torch.float64) if want_spectrum else None
                 continue
-            key = (w.key, min(m, n), max(m, n), w.matrix.dtype, w.matrix.device)
+            key = (w.key, min(m, n), max(m, n), w.dtype, w.matrix.device)
             buckets.setdefault(key, []).append((w, m > n))
         for bucket in buckets.values():
             orth = bucket[0][0].orth
-            first = bucket[0][0].matrix
+            # NS casts its input to the compute dtype first: cast here instead (while stacking) and
+            # keep the update in that dtype, as torch.optim.Muon does; the parameter update adds it
+            # in the parameter's dtype.
+            first, cdt = bucket[0][0].matrix, bucket[0][0].dtype
             if len(bucket) == 1:
                 w = bucket[0][0]
-                w.update, w.spectrum = orth(w.matrix, want_spectrum=want_spectrum)
+                w.update, w.spectrum = orth(w.matrix.to(cdt), want_spectrum=want_spectrum)
             else:
-                # NS casts its input to the compute dtype first; casting while stacking saves a pass.
-                cdt = (orth.dtype or default_compute_dtype(first.device)) if isinstance(orth, NewtonSchulz) else None
-                if cdt is None or cdt == first.dtype:
-                    G = torch.stack([w.matrix.mT if t else w.matrix for w, t in bucket])
-                else:
-                    m, n = first.shape[::-1] if bucket[0][1] else first.shape
-                    G = first.new_empty((len(bucket), m, n), dtype=cdt)
-                    for i, (w, t) in enumerate(bucket):
-                        G[i].copy_(w.matrix.mT if t else w.matrix)
+                m, n = first.shape[::-1] if bucket[0][1] else first.shape
+                G = first.new_empty((len(bucket), m, n), dtype=cdt)
+                for i, (w, t) in enumerate(bucket):
+                    G[i].copy_(w.matrix.mT if t else w.matrix)
                 O, S = orth(G, want_spectrum=want_spectrum)
-                O = O.to(first.dtype)
                 for i, (w, t) in enumerate(bucket):
                     w.update = O[i].mT if t else O[i]
                     w.spectrum = S[i] if S is not None else None
@@ -543,7 +543,7 @@ class Muon(Optimizer):
                 for w in pw:
                     view[w.rows].add_(w.update, alpha=-(lr * w.lr_ratio))
             else:
-                U = torch.cat([w.update * w.lr_ratio for w in pw]).reshape(p.shape)
+                U = torch.cat([w.update.to(p.dtype) * w.lr_ratio for w in pw]).reshape(p.shape)
                 local.add_(D.shard_like(U, p), alpha=-lr)
 
     # --- checkpoints ---------------------------------------------------------------------------
