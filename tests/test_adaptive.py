@@ -298,3 +298,16 @@ def test_runs_saved_before_the_new_options_still_continue():
         old.pop(k)
     assert same_run(old, TrainConfig(steps=900).to_dict())
     assert not same_run(old, TrainConfig(steps=900, orthogonalizer="exact").to_dict())
+
+
+def test_spectrum_driven_controllers_refuse_distributed_runs(monkeypatch):
+    import muonscope.optim.muon as muon_mod
+
+    monkeypatch.setattr(muon_mod.D.DistContext, "detect", staticmethod(lambda group, flag: object()))
+    p = nn.Parameter(torch.zeros(4, 6))
+    p.grad = torch.ones(4, 6)
+    with pytest.raises(ConfigError, match="single-process"):
+        Muon([("w", p)], ns_steps="adaptive").step()
+    with pytest.raises(ConfigError, match="single-process"):
+        Muon([("w", p)], orthogonalizer=HybridNS(bound=0.0)).step()
+    assert torch.equal(p, torch.zeros(4, 6))  # nothing was touched

@@ -174,10 +174,10 @@ class AdaptiveSteps:
 class HybridControl:
     """Applies each :class:`HybridNS`'s correction policy per matrix (see the module docstring)."""
 
-    def __init__(self) -> None:
+    def __init__(self, bounded: bool = False) -> None:
         self.failed_share: dict[str, float] = {}  # bulk-map failed share at the last corrected call
         self.corrected_steps: dict[str, int] = {}
-        self._uses_bound = False
+        self._uses_bound = bool(bounded)  # a failed-share bound makes decisions rank-dependent
 
     @property
     def distributed_safe(self) -> bool:

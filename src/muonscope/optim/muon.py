@@ -88,20 +88,34 @@ class _Item:
 
 @dataclass
 class _Work:
-    """One matrix to orthogonalize (a whole flattened parameter, or one row block of it)."""
+    """One matrix to orthogonalize (a whole flattened parameter, or one row block of it).
+
+    The NS input is formed only by the rank that orthogonalizes it, right before its NS call
+    (:meth:`materialize`), so temporaries are reused bucket by bucket; ``matrix`` keeps it when
+    hooks need it (and holds the gathered full matrix of a DTensor parameter).
+    """
 
     item: _Item
     name: str
-    matrix: torch.Tensor
-    momentum: torch.Tensor
+    matrix: torch.Tensor | None
+    momentum: torch.Tensor | None
     rows: slice | None
     orth: Orthogonalizer
     key: tuple
     flops: int
     lr_ratio: float
     dtype: torch.dtype  # the orthogonalizer's compute dtype for NS (the update comes back in it)
+    shape: torch.Size
+    device: torch.device
+    source: tuple | None = None  # (grad rows, momentum rows, β, nesterov, form) when not yet formed
     update: torch.Tensor | None = None
     spectrum: torch.Tensor | None = None
+
+    def materialize(self) -> torch.Tensor:
+        if self.matrix is not None:
+            return self.matrix
+        g, b, beta, nesterov, form = self.source
+        return ns_input(g, b, beta, nesterov, form)
 
 
 class Muon(Optimizer):
@@ -327,6 +341,12 @@ class Muon(Optimizer):
         if any(g["ns_steps"] == ADAPTIVE for g in self.param_groups) and not any(
                 isinstance(c, AdaptiveSteps) for c in extra):
             extra.insert(0, AdaptiveSteps(target_q, rho, max_steps))
+        kinds = [g["orthogonalizer"] for g in self.param_groups]
+        if self.plan is not None:
+            kinds += [pp.orthogonalizer for pp in [*self.plan.params.values(), self.plan.default] if pp is not None]
+        hybrids = [k for k in kinds if isinstance(k, HybridNS) or k == "hybrid"]
+        if hybrids and not any(isinstance(c, HybridControl) for c in extra):
+            extra.append(HybridControl(bounded=any(not isinstance(k, HybridNS) or k.bound is not None for k in hybrids)))
         for c in extra:
             self.add_controller(c)
 
@@ -374,9 +394,10 @@ class Muon(Optimizer):
         owners = D.assign_owners([w.flops for w in works], ctx.world) if ctx else [0] * len(works)
         rank = ctx.rank if ctx else 0
         local = [w for w, r in zip(works, owners, strict=True) if r == rank]
-        self._orthogonalize(local, want)
+        self._orthogonalize(local, want, retain=bool(self._orth_hooks))
         if self._orth_hooks:
             for w in local:
+                w.momentum = w.momentum if w.momentum is not None else (w.source[1] if w.source else None)
                 event = OrthEvent(name=w.name, param=w.item.param, step=step_no, matrix=w.matrix,
                                   momentum=w.momentum, spectrum=w.spectrum, orthogonalizer=w.orth,
                                   update=w.update, process_rank=rank)
@@ -384,8 +405,8 @@ class Muon(Optimizer):
                     hook.on_orthogonalize(event)
         if ctx:
             ups = D.all_gather_updates(
-                [w.update for w in works], [w.matrix.shape for w in works],
-                [w.dtype for w in works], [w.matrix.device for w in works], owners, ctx)
+                [w.update for w in works], [w.shape for w in works],
+                [w.dtype for w in works], [w.device for w in works], owners, ctx)
             for w, u in zip(works, ups, strict=True):
                 w.update = u
         self._apply(works)
@@ -448,23 +469,24 @@ class Muon(Optimizer):
                 if "momentum_buffer" not in state:
                     state["momentum_buffer"] = torch.zeros_like(it.grad, memory_format=torch.preserve_format)
                 bufs.append(state["momentum_buffer"])
-            inputs = _momentum_(bufs, grads, beta, group["nesterov"], group["momentum_form"])
-            for it, buf, x in zip(group_items, bufs, inputs, strict=True):
-                works.extend(self._works_for(it, buf, x))
+            _momentum_(bufs, grads, beta, group["momentum_form"])
+            for it, buf in zip(group_items, bufs, strict=True):
+                works.extend(self._works_for(it, buf))
         return works
 
-    def _works_for(self, it: _Item, buf: torch.Tensor, x: torch.Tensor) -> list[_Work]:
+    def _works_for(self, it: _Item, buf: torch.Tensor) -> list[_Work]:
         group = it.group
-        X = D.full_tensor(x)
-        if x is buf:
-            M = X
-        elif D.is_dtensor(buf) and not self._orth_hooks:
-            M = None
+        beta, nesterov, form = float(group["momentum"]), bool(group["nesterov"]), group["momentum_form"]
+        if D.is_dtensor(buf):  # gathering is a collective: every rank forms the full matrix now
+            x = ns_input(it.grad, buf, beta, nesterov, form)
+            X = D.full_tensor(x)
+            M = X if x is buf else (D.full_tensor(buf) if self._orth_hooks else None)
+            X2, G2 = X.flatten(1), None
+            M2 = M.flatten(1) if M is not None else None
         else:
-            M = D.full_tensor(buf)
-        rows = X.shape[0]
-        X2 = X.flatten(1)
-        M2 = M.flatten(1) if M is not None else None
+            X2, G2, M2 = None, it.grad.flatten(1), buf.flatten(1)
+        rows = it.param.shape[0]
+        cols = it.param[0].numel() if rows else 0
         orth, key = self.orthogonalizer_for(it.name, group)
         split = group["split"]
         if split is None:
@@ -475,43 +497,56 @@ class Muon(Optimizer):
             blocks = [(f"{it.name}[block {i}]", slice(s, s + k))
                       for i, (s, k) in enumerate(zip(starts, sizes, strict=True))]
         out = []
+        def rows_of(t):
+            return None if t is None else (t if sl is None else t[sl])
+
         for name, sl in blocks:
-            Xb = X2 if sl is None else X2[sl]
-            Mb = (M2 if sl is None else M2[sl]) if M2 is not None else None
-            r, c = Xb.shape
+            r = rows if sl is None else sl.stop - sl.start
+            Xb, Mb = rows_of(X2), rows_of(M2)
+            source = None if G2 is None else (rows_of(G2), Mb, beta, nesterov, form)
             orth_b, key_b = self._control(name, orth, key, group)
-            cdt = ((orth_b.dtype or default_compute_dtype(Xb.device)) if isinstance(orth_b, NewtonSchulz)
-                   else Xb.dtype)
-            out.append(_Work(it, name, Xb, Mb, sl, orth_b, key_b, int(orth_b.flops(r, c)),
-                             lr_ratio(group["adjust_lr_fn"], r, c), cdt))
+            dev, dt = it.grad.device, (Xb.dtype if Xb is not None else buf.dtype)
+            cdt = (orth_b.dtype or default_compute_dtype(dev)) if isinstance(orth_b, NewtonSchulz) else dt
+            out.append(_Work(it, name, Xb, Mb, sl, orth_b, key_b, int(orth_b.flops(r, cols)),
+                             lr_ratio(group["adjust_lr_fn"], r, cols), cdt, torch.Size((r, cols)), dev, source))
         return out
 
     @staticmethod
-    def _orthogonalize(works: list[_Work], want_spectrum: bool) -> None:
-        """Fill ``update`` (and ``spectrum``): one batched call per (orthogonalizer, shape) bucket."""
+    def _orthogonalize(works: list[_Work], want_spectrum: bool, retain: bool = False) -> None:
+        """Fill ``update`` (and ``spectrum``): one batched call per (orthogonalizer, shape) bucket.
+
+        With ``retain`` each work keeps its NS input in ``matrix`` (for hooks)."""
         buckets: dict[tuple, list[tuple[_Work, bool]]] = {}
         for w in works:
-            m, n = w.matrix.shape
-            if w.matrix.numel() == 0:  # nothing to orthogonalize
-                w.update = torch.zeros_like(w.matrix)
-                w.spectrum = w.matrix.new_zeros(min(m, n), dtype=torch.float64) if want_spectrum else None
+            m, n = w.shape
+            if m * n == 0:  # nothing to orthogonalize
+                w.update = torch.zeros(w.shape, dtype=w.dtype, device=w.device)
+                w.spectrum = torch.zeros(min(m, n), dtype=torch.float64) if want_spectrum else None
+                if retain:
+                    w.matrix = w.materialize()
                 continue
-            key = (w.key, min(m, n), max(m, n), w.dtype, w.matrix.device)
+            key = (w.key, min(m, n), max(m, n), w.dtype, w.device)
             buckets.setdefault(key, []).append((w, m > n))
         for bucket in buckets.values():
             orth = bucket[0][0].orth
             # NS casts its input to the compute dtype first: cast here instead (while stacking) and
             # keep the update in that dtype, as torch.optim.Muon does; the parameter update adds it
             # in the parameter's dtype.
-            first, cdt = bucket[0][0].matrix, bucket[0][0].dtype
+            first, cdt = bucket[0][0], bucket[0][0].dtype
             if len(bucket) == 1:
-                w = bucket[0][0]
-                w.update, w.spectrum = orth(w.matrix.to(cdt), want_spectrum=want_spectrum)
+                X = first.materialize()
+                if retain:
+                    first.matrix = X
+                first.update, first.spectrum = orth(X.to(cdt), want_spectrum=want_spectrum)
             else:
                 m, n = first.shape[::-1] if bucket[0][1] else first.shape
-                G = first.new_empty((len(bucket), m, n), dtype=cdt)
+                G = torch.empty((len(bucket), m, n), dtype=cdt, device=first.device)
                 for i, (w, t) in enumerate(bucket):
-                    G[i].copy_(w.matrix.mT if t else w.matrix)
+                    X = w.materialize()
+                    G[i].copy_(X.mT if t else X)
+                    if retain:
+                        w.matrix = X
+                    del X  # freed before the next one is formed: one temporary at a time
                 O, S = orth(G, want_spectrum=want_spectrum)
                 for i, (w, t) in enumerate(bucket):
                     w.update = O[i].mT if t else O[i]
@@ -626,23 +661,24 @@ def nonfinite_mask(grads: list[torch.Tensor], ctx=None) -> list[bool]:
     return [bool(b) for b in bad.tolist()]
 
 
-def _momentum_(bufs: list[torch.Tensor], grads: list[torch.Tensor], beta: float, nesterov: bool,
-               form: str) -> list[torch.Tensor]:
-    """Update momentum buffers in place; return the NS inputs (the buffers themselves without
-    Nesterov). "ema": B ← lerp(B, G, 1−β), X = lerp(G, B, β); "sum": B ← βB + G, X = G + βB."""
+def ns_input(g: torch.Tensor, b: torch.Tensor, beta: float, nesterov: bool, form: str) -> torch.Tensor:
+    """The NS input from gradient and (updated) momentum: B itself, or with Nesterov
+    lerp(G, B, β) ("ema") / G + β·B ("sum")."""
+    if not nesterov:
+        return b
+    return g.lerp(b, beta) if form == "ema" else g.add(b, alpha=beta)
+
+
+def _momentum_(bufs: list[torch.Tensor], grads: list[torch.Tensor], beta: float, form: str) -> None:
+    """Update momentum buffers in place: "ema" B ← lerp(B, G, 1−β); "sum" B ← βB + G."""
     if any(D.is_dtensor(b) for b in bufs):
-        out = []
         for b, g in zip(bufs, grads, strict=True):
             if form == "ema":
                 b.lerp_(g, 1 - beta)
-                out.append(g.lerp(b, beta) if nesterov else b)
             else:
                 b.mul_(beta).add_(g)
-                out.append(g.add(b, alpha=beta) if nesterov else b)
-        return out
-    if form == "ema":
+    elif form == "ema":
         torch._foreach_lerp_(bufs, grads, 1 - beta)
-        return list(torch._foreach_lerp(grads, bufs, beta)) if nesterov else bufs
-    torch._foreach_mul_(bufs, beta)
-    torch._foreach_add_(bufs, grads)
-    return list(torch._foreach_add(grads, bufs, alpha=beta)) if nesterov else bufs
+    else:
+        torch._foreach_mul_(bufs, beta)
+        torch._foreach_add_(bufs, grads)
