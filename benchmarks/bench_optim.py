@@ -152,6 +152,7 @@ def _dist_worker(rank: int, world: int, port: int, pairs: int, min_time: float) 
               f"{sorted(t1)[len(t1) // 2] * 1e3:10.1f}")
         print(f"parameters bit-identical across ranks: {same}; per-rank NS GFLOP last step: "
               f"{sharded.stats['last_local_ns_flops'] / 1e9:.1f} of {sharded.stats['last_ns_flops'] / 1e9:.1f}")
+    dist.barrier()
     dist.destroy_process_group()
 
 

@@ -486,7 +486,7 @@ class Muon(Optimizer):
         else:
             X2, G2, M2 = None, it.grad.flatten(1), buf.flatten(1)
         rows = it.param.shape[0]
-        cols = it.param[0].numel() if rows else 0
+        cols = math.prod(it.param.shape[1:])
         orth, key = self.orthogonalizer_for(it.name, group)
         split = group["split"]
         if split is None:
