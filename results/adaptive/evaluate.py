@@ -36,6 +36,7 @@ METHODS = {
     "plan": {},  # filled per preset from the fitted laws
     "hybrid": {"orthogonalizer": "hybrid", "hybrid_every": 10, "hybrid_bound": 0.0, "hybrid_fraction": 0.05},
     "exact": {"orthogonalizer": "exact"},
+    "adaptive-q90": {"ns_steps": "adaptive", "target_q": 0.9, "rho": 0.1},
 }
 NULL_S = 1e-7  # normalized singular values below this are float32 round-off (numerically null)
 COLUMNS = ["method", "preset", "seed", "model_params", "steps", "final_val_loss", "final_train_loss",
@@ -146,10 +147,10 @@ def summarize(args) -> None:
     import pandas as pd
 
     df = pd.read_csv(CSV)
-    base = df[df.method == "jordan5"].set_index(["preset", "seed"])
+    base = df[df.method == "jordan5"]
     rows = []
     for (preset, method), g in df.groupby(["preset", "method"], sort=False):
-        paired = g.set_index(["preset", "seed"]).join(base, rsuffix="_ref", how="inner")
+        paired = g.merge(base, on=["preset", "seed"], suffixes=("", "_ref"))
         d = paired.final_val_loss - paired.final_val_loss_ref
         rows.append({
             "preset": preset, "method": method, "seeds": len(g), "model_params": int(g.model_params.iloc[0]),
@@ -167,6 +168,59 @@ def summarize(args) -> None:
     out = out.sort_values(["model_params", "method"], key=lambda c: c.map(order) if c.name == "method" else c)
     out.to_csv(HERE / "summary.csv", index=False, float_format="%.6g")
     print(out.to_string(index=False, float_format=lambda x: f"{x:.4g}"))
+    figures(df)
+
+
+def figures(df) -> None:
+    """loss_vs_flops.png (per preset: val loss against orthogonalization FLOPs) and
+    adaptive_steps.png (steps chosen per layer type over training, seed 0, largest preset)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import matplotlib.ticker
+
+    from muonscope.spectra.store import RunStore
+
+    presets = [p for p in PRESETS if p in set(df.preset)]
+    fig, axes = plt.subplots(1, len(presets), figsize=(4.2 * len(presets), 3.6), squeeze=False)
+    for ax, preset in zip(axes[0], presets, strict=True):
+        d = df[df.preset == preset]
+        ref = d[d.method == "jordan5"].ns_flops_per_step.mean()
+        for i, (method, g) in enumerate(d.groupby("method", sort=False)):
+            x = g.ns_flops_per_step.mean() / ref
+            ax.errorbar(x, g.final_val_loss.mean(), yerr=g.final_val_loss.std(ddof=1) if len(g) > 1 else 0,
+                        fmt="os^vDP*"[i % 7], capsize=3, label=f"{method} (n={len(g)})")
+        ax.set_xscale("log")
+        ax.xaxis.set_major_locator(matplotlib.ticker.FixedLocator([0.1, 0.2, 0.3, 0.5, 0.7, 1.0, 1.5]))
+        ax.xaxis.set_major_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
+        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+        ax.set_title(f"{preset} ({int(d.model_params.iloc[0]):,} params)")
+        ax.set_xlabel("orthogonalization FLOPs / step (÷ Jordan x5)")
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel(f"validation loss at step {int(df.steps.max())} (mean ± sd)")
+    axes[0][-1].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(HERE / "loss_vs_flops.png", dpi=110)
+    plt.close(fig)
+
+    methods = [m for m in ("adaptive", "adaptive-q90", "plan") if (RUNS / m / f"{presets[-1]}-s0" / "run.json").exists()]
+    if not methods:
+        return
+    fig, axes = plt.subplots(1, len(methods), figsize=(4.4 * len(methods), 3.4), squeeze=False, sharey=True)
+    for ax, method in zip(axes[0], methods, strict=True):
+        sp = RunStore.open(RUNS / method / f"{presets[-1]}-s0").spectra()
+        for lt, g in sp.groupby("layer_type"):
+            m = g.groupby("step").ns_steps.mean()
+            ax.plot(m.index, m.values, label=lt, drawstyle="steps-post")
+        ax.set_title(f"{method}, {presets[-1]} seed 0")
+        ax.set_xlabel("step")
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel("NS steps (mean over the layer type's matrices)")
+    axes[0][-1].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(HERE / "adaptive_steps.png", dpi=110)
+    plt.close(fig)
 
 
 def main() -> None:
