@@ -20,7 +20,7 @@ test: $(STAMP)
 
 demo: $(STAMP)
 	$(VENV)/bin/muonscope ns --steps 3 --steps 5 --steps 8 --plot $(DEMO_OUT)/ns_maps.png
-	$(VENV)/bin/muonscope demo --out $(DEMO_OUT) --threads 2
+	$(VENV)/bin/muonscope demo --out $(DEMO_OUT) --threads 1
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests benchmarks
