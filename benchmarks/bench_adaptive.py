@@ -21,12 +21,13 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import time
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bench_ns import ab_pairs, summary  # noqa: E402
+from bench_ns import summary  # noqa: E402
 
 from muonscope.experiments.data import load_corpus  # noqa: E402
 from muonscope.experiments.model import GPT, get_preset  # noqa: E402
@@ -39,6 +40,7 @@ METHODS = {
     "hybrid": {"orthogonalizer": "hybrid", "hybrid_every": 10, "hybrid_bound": 0.0, "hybrid_fraction": 0.05},
     "exact": {"orthogonalizer": "exact"},
     "adaptive": {"ns_steps": "adaptive", "target_q": 0.5, "rho": 0.1},
+    "adaptive-q90": {"ns_steps": "adaptive", "target_q": 0.9, "rho": 0.1},
 }
 STEPS_PER_CALL = 10
 
@@ -88,12 +90,26 @@ class Trainer:
         return (self.opt.stats["ns_flops"] - before) / STEPS_PER_CALL
 
 
+def pairs_ratio(fa, fb, pairs: int) -> list[float]:
+    """t_A / t_B of one call each per pair, order alternating (a call is already 10 steps)."""
+    fa(), fb()  # warm-up
+    out = []
+    for i in range(pairs):
+        ts = {}
+        for name, f in ((("a", fa), ("b", fb)) if i % 2 == 0 else (("b", fb), ("a", fa))):
+            t0 = time.perf_counter()
+            f()
+            ts[name] = time.perf_counter() - t0
+        out.append(ts["a"] / ts["b"])
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--presets", nargs="+", default=["d48", "d64", "d96"])
     ap.add_argument("--methods", nargs="+", default=[m for m in METHODS if m != "jordan5"])
     ap.add_argument("--pairs", type=int, default=7)
-    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=2, help="1 when other jobs share the cores")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     corpus = load_corpus("stdlib", max_bytes=8_000_000)
@@ -106,8 +122,8 @@ def main() -> None:
         for method in args.methods:
             t = Trainer(method, preset, corpus)
             fr = t.flops_per_step() / f0
-            step = summary(ab_pairs(t.train_call, base.train_call, pairs=args.pairs, min_time=0.0))
-            opt = summary(ab_pairs(t.opt_call, base.opt_call, pairs=args.pairs, min_time=0.0))
+            step = summary(pairs_ratio(t.train_call, base.train_call, args.pairs))
+            opt = summary(pairs_ratio(t.opt_call, base.opt_call, args.pairs))
             print(f"  {method:9s} training step {step[0]:.3f} [{step[1]:.3f}, {step[2]:.3f}]   "
                   f"optimizer step {opt[0]:.3f} [{opt[1]:.3f}, {opt[2]:.3f}]   FLOPs {fr:.3f}   ({t.origin})",
                   flush=True)
