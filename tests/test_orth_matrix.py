@@ -147,3 +147,12 @@ def test_orthogonalizers(rng):
         NewtonSchulz("jordan", 0)
     assert default_compute_dtype("cpu") == torch.float32
     assert default_compute_dtype("cuda") == torch.bfloat16
+
+
+def test_hybrid_kind_is_available_without_importing_it_first():
+    import subprocess
+    import sys
+
+    code = "from muonscope.orth.orthogonalizers import make_orthogonalizer as m; print(m('hybrid').kind)"
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and r.stdout.strip() == "hybrid", r.stderr

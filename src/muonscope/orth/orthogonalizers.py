@@ -145,6 +145,8 @@ def make_orthogonalizer(kind: str | Orthogonalizer = "ns", *, schedule: str | Sc
     """Build an orthogonalizer from a kind name ("ns", "exact", or a registered one)."""
     if isinstance(kind, Orthogonalizer):
         return kind
+    if kind not in _FACTORIES:
+        import muonscope.orth.hybrid  # noqa: F401  (registers the "hybrid" kind)
     try:
         factory = _FACTORIES[kind]
     except (KeyError, TypeError):
