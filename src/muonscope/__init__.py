@@ -1,5 +1,7 @@
 """muonscope: Muon with pluggable orthogonalization, and a view of what NS does to every layer."""
 
+from muonscope._lazy import lazy_getattr
+
 __version__ = "0.1.0"
 
 _LAZY = {
@@ -11,10 +13,4 @@ _LAZY = {
 }
 
 
-def __getattr__(name):
-    # Lazy so that torch-free layers (muonscope.laws) never import torch through the package.
-    if name in _LAZY:
-        import importlib
-
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'muonscope' has no attribute {name!r}")
+__getattr__ = lazy_getattr(__name__, _LAZY)

@@ -4,6 +4,7 @@
 layers (``muonscope.laws``) can import the analysis without importing torch.
 """
 
+from muonscope._lazy import lazy_getattr
 from muonscope.orth.analysis import (
     composed_map,
     error_table,
@@ -29,12 +30,7 @@ _LAZY = {
 }
 
 
-def __getattr__(name):
-    if name in _LAZY:
-        import importlib
-
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'muonscope.orth' has no attribute {name!r}")
+__getattr__ = lazy_getattr(__name__, _LAZY)
 
 
 __all__ = [

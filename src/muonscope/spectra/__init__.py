@@ -1,5 +1,7 @@
 """Spectral measurement: metrics of singular values, the SpectralMonitor, and the run store."""
 
+from muonscope._lazy import lazy_getattr
+
 _LAZY = {
     "SpectralMonitor": "muonscope.spectra.monitor",
     "RunStore": "muonscope.spectra.store",
@@ -7,9 +9,4 @@ _LAZY = {
 }
 
 
-def __getattr__(name):
-    if name in _LAZY:
-        import importlib
-
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'muonscope.spectra' has no attribute {name!r}")
+__getattr__ = lazy_getattr(__name__, _LAZY)
