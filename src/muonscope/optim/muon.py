@@ -117,6 +117,18 @@ class _Work:
         g, b, beta, nesterov, form = self.source
         return ns_input(g, b, beta, nesterov, form)
 
+    def materialize_into(self, out: torch.Tensor) -> None:
+        """Write the NS input into ``out`` (e.g. a bf16 batch slot): the elementwise op computes
+        in the inputs' dtype and rounds once on store, exactly as forming it and then casting."""
+        if self.matrix is not None or not self.source[3]:
+            out.copy_(self.materialize())
+            return
+        g, b, beta, _, form = self.source
+        if form == "ema":
+            torch.lerp(g, b, beta, out=out)
+        else:
+            torch.add(g, b, alpha=beta, out=out)
+
 
 class Muon(Optimizer):
     """Muon with per-group and per-parameter orthogonalization (a ``torch.optim.Optimizer``).
@@ -533,20 +545,22 @@ class Muon(Optimizer):
             # keep the update in that dtype, as torch.optim.Muon does; the parameter update adds it
             # in the parameter's dtype.
             first, cdt = bucket[0][0], bucket[0][0].dtype
+            if retain:  # hooks see each NS input as formed, in its own dtype
+                for w, _ in bucket:
+                    w.matrix = w.materialize()
             if len(bucket) == 1:
-                X = first.materialize()
-                if retain:
-                    first.matrix = X
-                first.update, first.spectrum = orth(X.to(cdt), want_spectrum=want_spectrum)
+                X = first.matrix
+                if X is None and (not first.source[3] or first.source[0].dtype == cdt):
+                    X = first.materialize()  # the momentum view itself, or formed in its dtype
+                if X is None or X.dtype != cdt:
+                    X = torch.empty(first.shape, dtype=cdt, device=first.device)
+                    first.materialize_into(X)
+                first.update, first.spectrum = orth(X, want_spectrum=want_spectrum)
             else:
                 m, n = first.shape[::-1] if bucket[0][1] else first.shape
                 G = torch.empty((len(bucket), m, n), dtype=cdt, device=first.device)
                 for i, (w, t) in enumerate(bucket):
-                    X = w.materialize()
-                    G[i].copy_(X.mT if t else X)
-                    if retain:
-                        w.matrix = X
-                    del X  # freed before the next one is formed: one temporary at a time
+                    w.materialize_into(G[i].mT if t else G[i])
                 O, S = orth(G, want_spectrum=want_spectrum)
                 for i, (w, t) in enumerate(bucket):
                     w.update = O[i].mT if t else O[i]
