@@ -54,10 +54,10 @@ def test_projection_and_min_frobenius_interpolant():
     pb = SensingProblem.generate(SMALL, [0, 1, 2])
     W_mf = pb.min_frobenius()
     assert float(pb.relative_residual(W_mf).max()) < 1e-12
-    R = pb.project(torch.randn(3, 8, 6, dtype=torch.float64))
+    R = pb.project(torch.randn(3, 8, 6, dtype=torch.float64, generator=torch.Generator().manual_seed(7)))
     assert float(pb.relative_residual(R).max()) < 1e-12
     for other in (R, pb.W_star):  # the least-norm interpolant is no longer than any other
-        assert torch.all(torch.linalg.matrix_norm(W_mf) < torch.linalg.matrix_norm(other))
+        assert torch.all(torch.linalg.matrix_norm(W_mf) <= torch.linalg.matrix_norm(other) * (1 + 1e-12))
     # and lies in the range of A* (so GD from 0 ends there): W_mf = A*(λ) for some λ
     Af = pb.A.reshape(3, 12, -1)
     lam = torch.linalg.lstsq(Af.mT, W_mf.reshape(3, -1, 1)).solution
