@@ -2,8 +2,18 @@ import os
 
 import pytest
 import torch
+from hypothesis import settings
 
 torch.set_num_threads(int(os.environ.get("MUONSCOPE_TEST_THREADS", "2")))
+
+# Reproducible runs: hypothesis examples derived from the test, global RNG seeded per test.
+settings.register_profile("muonscope", derandomize=True, deadline=None)
+settings.load_profile("muonscope")
+
+
+@pytest.fixture(autouse=True)
+def _seed_global_rng():
+    torch.manual_seed(0)
 
 
 @pytest.fixture
