@@ -12,7 +12,8 @@ Side by side in one run, as interleaved A/B pairs (median and 25–75 % spread o
 With ``--distributed``: 2 gloo processes (1 thread each) against 1 process (2 threads), same
 workload; each pair times both, and the final parameters are checked equal across ranks.
 
-Run: ``.venv/bin/python benchmarks/bench_optim.py [--distributed]``.
+Run: ``.venv/bin/python benchmarks/bench_optim.py [--distributed]`` (the distributed pairs time a fixed
+number of steps, the fastest of them, so both ranks make the same collective calls).
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ import torch
 from torch import nn
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bench_ns import ab_pairs, summary, time_call  # noqa: E402
+from bench_ns import ab_pairs, summary  # noqa: E402
 
 from muonscope.optim import Muon  # noqa: E402
 
@@ -120,18 +121,29 @@ def _dist_worker(rank: int, world: int, port: int, pairs: int, min_time: float) 
         dist.barrier()
         sharded.step()
 
+    def time_fixed(fn, calls):
+        """Fastest of a fixed number of calls (every rank must make the same collective calls)."""
+        best = float("inf")
+        for _ in range(calls):
+            t = time.perf_counter()
+            fn()
+            best = min(best, time.perf_counter() - t)
+        return best
+
+    calls = max(3, int(min_time / 0.2))
+
     ratios, t2, t1 = [], [], []
     for i in range(pairs + 1):
         order = ("s", "d") if i % 2 else ("d", "s")
         res = {}
         for which in order:
             if which == "d":
-                res["d"] = time_call(step_sharded, min_time)
+                res["d"] = time_fixed(step_sharded, calls)
                 dist.barrier()
             else:
                 if rank == 0:
                     torch.set_num_threads(2)
-                    res["s"] = time_call(single.step, min_time)
+                    res["s"] = time_fixed(single.step, calls)
                     torch.set_num_threads(1)
                 dist.barrier()  # rank 1 waits here, idle, while rank 0 runs alone
         if i == 0:
