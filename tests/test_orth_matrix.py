@@ -156,3 +156,10 @@ def test_hybrid_kind_is_available_without_importing_it_first():
     code = "from muonscope.orth.orthogonalizers import make_orthogonalizer as m; print(m('hybrid').kind)"
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0 and r.stdout.strip() == "hybrid", r.stderr
+
+
+@pytest.mark.parametrize("shape", [(3, 0, 5), (3, 5, 0), (0, 4, 5), (2, 3, 0, 4)])
+def test_empty_batched_inputs(shape):
+    O, gram = newton_schulz(torch.randn(*shape), return_gram=True)
+    r = min(shape[-2:])
+    assert O.shape == shape and gram.shape == (*shape[:-2], r, r)

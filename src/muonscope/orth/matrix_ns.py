@@ -8,6 +8,8 @@ A = X Xᵀ, X ← a X + (b A + c A²) X. Each singular value follows the scalar 
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from muonscope.errors import ShapeError
@@ -49,7 +51,7 @@ def newton_schulz(
     X = G.mT if transpose else G
     lead = X.shape[:-2]
     m, n = X.shape[-2:]
-    X = X.reshape(-1, m, n) if len(lead) != 0 else X
+    X = X.reshape(math.prod(lead), m, n) if len(lead) != 0 else X
     # Cast first (so normalization rounds in the compute dtype) and divide the cast copy in place;
     # without a cast, divide out of place (one pass, no separate clone).
     owned = X.dtype != dtype
