@@ -18,6 +18,7 @@ import os
 import time
 from pathlib import Path
 
+from muonscope._jsonfile import read_json
 from muonscope.errors import ConfigError, StoreError
 from muonscope.experiments.model import SWEEP_PRESETS, get_preset
 from muonscope.experiments.train import CHECKPOINT, TrainConfig, same_run, train
@@ -61,10 +62,7 @@ def run_sweep(runs: list[TrainConfig], out_dir: str | os.PathLike, *, progress: 
     mpath = out / MANIFEST
     entries = {run_name(c): {"config": c.to_dict(), "status": "pending"} for c in runs}
     if mpath.exists():
-        try:
-            old = json.loads(mpath.read_text())
-        except ValueError as exc:
-            raise StoreError(f"{mpath} is not valid JSON: {exc}") from exc
+        old = read_json(mpath, StoreError, missing=f"{mpath} vanished")
         for name, e in old.get("runs", {}).items():
             if name in entries:
                 if not same_run(e.get("config", {}), entries[name]["config"]):

@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from muonscope._jsonfile import read_json
 from muonscope.errors import ConfigError
 from muonscope.laws.powerlaw import PowerLawFit, SharedExponentTest
 
@@ -137,12 +138,8 @@ def save_laws(laws, path: str | os.PathLike) -> Path:
 
 def load_laws(path: str | os.PathLike):
     path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"laws file {path} does not exist; create it with `muonscope fit RUNS -o {path}`")
-    try:
-        d = json.loads(path.read_text())
-    except (OSError, ValueError) as exc:
-        raise ConfigError(f"{path} is not valid JSON: {exc}") from exc
+    d = read_json(path, ConfigError,
+                  missing=f"laws file {path} does not exist; create it with `muonscope fit RUNS -o {path}`")
     return laws_from_dict(d)
 
 

@@ -15,12 +15,12 @@ A plan maps exact parameter names to an NS configuration (schedule, steps)::
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from muonscope._jsonfile import read_json
 from muonscope.errors import ConfigError, MuonscopeError
 from muonscope.orth.schedules import Schedule, get_schedule
 
@@ -86,12 +86,8 @@ def load_plan(plan) -> Plan:
         return plan
     if isinstance(plan, (str, os.PathLike)):
         path = Path(plan)
-        if not path.is_file():
-            raise ConfigError(f"plan file {str(path)!r} not found; pass a plan dict or an existing JSON path")
-        try:
-            plan = json.loads(path.read_text())
-        except (OSError, ValueError) as exc:
-            raise ConfigError(f"plan file {str(path)!r} is not valid JSON: {exc}") from exc
+        plan = read_json(path, ConfigError,
+                         missing=f"plan file {str(path)!r} not found; pass a plan dict or an existing JSON path")
     if not isinstance(plan, Mapping):
         raise ConfigError(f"a plan must be a dict or a JSON file path, got {type(plan).__name__}")
     fmt = plan.get("format", PLAN_FORMAT)

@@ -27,6 +27,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from muonscope._jsonfile import read_json
 from muonscope.errors import StoreError
 
 FORMAT = "muonscope.run"
@@ -145,12 +146,7 @@ class RunStore:
         meta_file = path / "run.json"
         if not path.exists():
             raise StoreError(f"run directory {path} does not exist")
-        if not meta_file.exists():
-            raise StoreError(f"{path} is not a muonscope run directory (no run.json)")
-        try:
-            meta = json.loads(meta_file.read_text())
-        except (OSError, ValueError) as exc:
-            raise StoreError(f"{meta_file} is not valid JSON: {exc}") from exc
+        meta = read_json(meta_file, StoreError, missing=f"{path} is not a muonscope run directory (no run.json)")
         if not isinstance(meta, dict) or meta.get("format") != FORMAT:
             raise StoreError(f"{meta_file} is not a muonscope run file (format {meta.get('format') if isinstance(meta, dict) else None!r})")
         if int(meta.get("schema_version", -1)) > SCHEMA_VERSION:
