@@ -106,7 +106,7 @@ def build_sections(run_paths, *, targets=DEFAULT_TARGETS, quantile: float = 0.5,
         depths = sorted(spectra["rel_depth"].dropna().round(3).unique())
         figs = [(F.plot_trajectories(spectra, stab, q=quantile, rel_depth=d, path=workdir / f"traj_q{quantile:g}_d{d:g}.png"),
                  f"s_{quantile:g} trajectories at relative depth {d:g}") for d in depths]
-        if 0.9 not in (quantile,) and "s_q90" in spectra:
+        if quantile != 0.9 and "s_q90" in spectra:
             d = depths[-1]
             figs.append((F.plot_trajectories(spectra, stab, q=0.9, rel_depth=d, path=workdir / f"traj_q0.9_d{d:g}.png"),
                          f"s_0.9 (a small singular value) at relative depth {d:g}"))
