@@ -40,7 +40,11 @@ def _fmt(x) -> str:
         if not math.isfinite(x):
             return "–"
         ax = abs(x)
-        return f"{x:.3g}" if (ax >= 1e4 or (ax < 1e-2 and ax > 0)) else f"{x:.3f}".rstrip("0").rstrip(".") if ax < 100 else f"{x:,.0f}"
+        if ax >= 1e4 or 0 < ax < 1e-2:
+            return f"{x:.3g}"
+        if ax >= 100:
+            return f"{x:,.0f}"
+        return f"{x:.3f}".rstrip("0").rstrip(".")
     if isinstance(x, (int, np.integer)):
         return f"{int(x):,}" if abs(int(x)) >= 10000 else str(int(x))
     return "–" if x is None else str(x)
