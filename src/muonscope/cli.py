@@ -580,6 +580,48 @@ def dynamics_noise(
     console.print(f"wrote {out / 'noise.json'} and {out / 'noise_geometry.png'}")
 
 
+calibrate_app = typer.Typer(help="Calibrate the NS recipe on training loss (oracles, real NS configurations, plans; "
+                                   "paired seeds).", no_args_is_help=True)
+app.add_typer(calibrate_app, name="calibrate")
+
+
+def _parse_shard(text: str) -> tuple[int, int]:
+    try:
+        i, n = (int(x) for x in text.split("/"))
+    except ValueError:
+        fail(f"--shard must look like i/n (e.g. 0/2), got {text!r}")
+    return i, n
+
+
+@calibrate_app.command("run")
+def calibrate_run(
+    out: Path = typer.Option(..., "--out", "-o", help="Calibration directory (runs.csv, runs/)."),
+    presets: str = typer.Option("d64", "--presets", help="Comma-separated size presets."),
+    methods: str = typer.Option("grid", "--methods", help="'grid' (references, oracles, real NS configurations) "
+                                "or comma-separated names: exact, top0.5-rho0.1, jordan-4, designed-0.001-5, "
+                                "plan:path/{preset}.json."),
+    seeds: str = typer.Option("0,1,2", "--seeds", help="Comma-separated seeds (methods pair up by seed)."),
+    steps: int = typer.Option(600, "--steps", help="Optimizer steps per run."),
+    shard: str = typer.Option("0/1", "--shard", help="Run every n-th job starting at i (i/n): one process each."),
+    budget: float = typer.Option(0.0, "--budget", help="Stop starting new runs after this many seconds (0: none)."),
+    runs: Path = typer.Option(None, "--runs", help="Run directories with checkpoints (default: OUT/runs)."),
+    full: bool = typer.Option(False, "--full", help="With --methods grid: every oracle (q, rho) and configuration."),
+    threads: int = typer.Option(1, "--threads", help="torch threads for this process."),
+) -> None:
+    """Train the calibration runs of one shard (resumable; finished rows are skipped)."""
+    import torch
+
+    from muonscope.experiments.calibration import grid_methods, run_calibration
+
+    torch.set_num_threads(threads)
+    names = grid_methods(full) if methods == "grid" else _csv(methods)
+    if not names:
+        fail("--methods names no method")
+    n = run_calibration(out, names, _csv(presets), _csv(seeds, int), steps=steps, shard=_parse_shard(shard),
+                        runs=runs, budget=budget or None, log=console.print)
+    console.print(f"{n} run(s) finished in this call; rows in {out / 'runs.csv'}")
+
+
 def main() -> None:
     """Console-script entry point: typed errors become one stderr line and exit code 2."""
     try:

@@ -21,9 +21,11 @@ import torch
 from muonscope.errors import ConfigError, StoreError
 from muonscope.experiments.data import load_corpus
 from muonscope.experiments.model import GPT, get_preset
+from muonscope.laws.design import resolve_schedule
 from muonscope.optim.checkpoint import load_checkpoint, save_checkpoint
 
 CHECKPOINT = "checkpoint.pt"
+ORTHOGONALIZERS = ("ns", "exact", "hybrid", "top-q")
 
 
 @dataclass
@@ -45,7 +47,7 @@ class TrainConfig:
     nesterov: bool = False
     schedule: str = "jordan"
     ns_steps: int | str = 5  # or "adaptive": per-matrix steps from the monitored s_q
-    orthogonalizer: str = "ns"  # "ns", "exact" (SVD polar factor) or "hybrid" (NS + exact correction)
+    orthogonalizer: str = "ns"  # "ns", "exact" (SVD polar factor), "hybrid" (NS + exact correction), "top-q" (oracle)
     target_q: float = 0.5  # adaptive: quantile NS must lift
     rho: float = 0.1  # adaptive and hybrid: failure level
     max_steps: int | None = None  # adaptive: most steps (None: twice the schedule's default)
@@ -53,6 +55,8 @@ class TrainConfig:
     hybrid_bound: float | None = 0.0  # ... and while the bulk NS map's failed share exceeds this
     hybrid_fraction: float = 0.05  # hybrid: bottom share of directions corrected
     hybrid_correction: str = "bottom"  # hybrid: "bottom" (Gram eigendecomposition) or "exact" (SVD)
+    oracle_q: float = 1.0  # top-q oracle: directions at descending rank <= ceil(q r) mapped to 1 ...
+    oracle_rho: float = 0.0  # ... the rest to oracle_rho * s / s_q
     adjust_lr_fn: str = "match_rms_adamw"
     warmup_steps: int = 20
     monitor_every: int = 10
@@ -78,8 +82,9 @@ class TrainConfig:
         if self.ns_steps != "adaptive" and (isinstance(self.ns_steps, bool) or not isinstance(self.ns_steps, int)
                                             or self.ns_steps < 1):
             raise ConfigError(f"ns_steps must be a positive integer or 'adaptive', got {self.ns_steps!r}")
-        if self.orthogonalizer not in ("ns", "exact", "hybrid"):
-            raise ConfigError(f"orthogonalizer must be 'ns', 'exact' or 'hybrid', got {self.orthogonalizer!r}")
+        if self.orthogonalizer not in ORTHOGONALIZERS:
+            raise ConfigError(f"orthogonalizer must be one of {ORTHOGONALIZERS}, got {self.orthogonalizer!r}")
+        resolve_schedule(self.schedule)
         if self.optimizer == "muon":
             _orthogonalization(self)  # raises ConfigError on bad adaptive/hybrid options
         get_preset(self.preset)
@@ -119,7 +124,10 @@ def _orthogonalization(cfg: TrainConfig) -> dict:
     """Muon keyword arguments selecting NS, adaptive steps, exact polar or hybrid correction."""
     from muonscope.optim.adaptive import AdaptiveSteps
     from muonscope.orth.hybrid import HybridNS
+    from muonscope.orth.oracle import TopQExact
 
+    if cfg.orthogonalizer == "top-q":
+        return {"orthogonalizer": TopQExact(cfg.oracle_q, cfg.oracle_rho), "ns_steps": None}
     if cfg.orthogonalizer == "hybrid":
         steps = None if cfg.ns_steps == "adaptive" else cfg.ns_steps
         orth = HybridNS(cfg.schedule, steps, correction=cfg.hybrid_correction, fraction=cfg.hybrid_fraction,
@@ -144,7 +152,7 @@ def build_optimizer(model: GPT, cfg: TrainConfig):
 
     return MuonWithAdamW(
         model, lr=cfg.lr, weight_decay=cfg.weight_decay, momentum=cfg.momentum, nesterov=cfg.nesterov,
-        schedule=cfg.schedule, adjust_lr_fn=cfg.adjust_lr_fn, adamw_lr=cfg.adamw_lr, adamw_betas=(0.9, 0.95),
+        schedule=resolve_schedule(cfg.schedule), adjust_lr_fn=cfg.adjust_lr_fn, adamw_lr=cfg.adamw_lr, adamw_betas=(0.9, 0.95),
         adamw_weight_decay=cfg.weight_decay, plan=cfg.plan, **_orthogonalization(cfg))
 
 

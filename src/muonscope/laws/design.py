@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from muonscope.errors import ConfigError
-from muonscope.orth.schedules import Schedule
+from muonscope.orth.schedules import Schedule, get_schedule, list_schedules
 
 CUSHION = 0.02407327424182761  # Polar Express default cushion κ
 FIXED_POINT: tuple[float, float, float] = (15 / 8, -10 / 8, 3 / 8)  # p(1) = 1, p'(1) = p''(1) = 0
@@ -169,3 +169,16 @@ def design_schedule(ell: float, *, safety: float = 1.01, cushion: float = CUSHIO
         name or design_name(ell), coeffs, safety=float(safety), default_steps=int(default),
         description=f"minimax odd-quintic composition designed for s in [{ell:.3g}, 1] (cushion {cushion:.3g})",
     )
+
+
+def resolve_schedule(spec: str | Schedule) -> Schedule:
+    """A registered schedule, or ``designed-<ℓ>`` (e.g. ``designed-0.001``) designed on the fly."""
+    if isinstance(spec, Schedule):
+        return spec
+    if isinstance(spec, str) and spec.startswith("designed-") and spec not in {s.name for s in list_schedules()}:
+        try:
+            ell = float(spec.removeprefix("designed-"))
+        except ValueError:
+            raise ConfigError(f"cannot read the design bound of schedule {spec!r}; write e.g. 'designed-0.001'") from None
+        return design_schedule(ell, name=spec)
+    return get_schedule(spec)

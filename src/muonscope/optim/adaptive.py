@@ -29,6 +29,7 @@ from functools import lru_cache
 
 import torch
 
+from muonscope.conventions import quantile_rank
 from muonscope.errors import ConfigError
 from muonscope.orth.analysis import threshold
 from muonscope.orth.hybrid import HybridNS
@@ -49,7 +50,7 @@ def spectral_quantile(s: torch.Tensor, q: float) -> float:
     r = s.numel()
     if r == 0:
         return float("nan")
-    return float(s[min(r, max(1, math.ceil(q * r - 1e-9))) - 1])
+    return float(s[quantile_rank(r, q) - 1])
 
 
 def _event_spectrum(event) -> torch.Tensor:

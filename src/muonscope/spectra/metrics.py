@@ -11,6 +11,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from muonscope.conventions import quantile_rank
+
 
 def _as_sorted(s) -> np.ndarray:
     s = np.asarray(s, dtype=np.float64)
@@ -26,8 +28,7 @@ def quantile_ranks(r: int, qs: Sequence[float]) -> np.ndarray:
     """0-based indices of the descending ranks ⌈q·r⌉ (1-based), clipped to [1, r]."""
     if r < 1:
         raise ValueError("a spectrum needs at least one singular value")
-    ranks = np.array([min(max(math.ceil(q * r - 1e-12), 1), r) for q in qs])
-    return ranks - 1
+    return np.array([quantile_rank(r, q) for q in qs]) - 1
 
 
 def quantiles(s, qs: Sequence[float]) -> np.ndarray:

@@ -25,6 +25,7 @@ from collections.abc import Callable, Iterable, Mapping
 import numpy as np
 import torch
 
+from muonscope.conventions import FAILURE_RHO, NULL_LEVEL
 from muonscope.errors import ConfigError
 from muonscope.spectra import metrics as M
 from muonscope.spectra.layers import LayerIndex
@@ -33,7 +34,7 @@ DEFAULT_QUANTILES = (0.1, 0.25, 0.5, 0.75, 0.9)
 
 
 def spectrum_record(s: np.ndarray, quantiles: Iterable[float], *, scalar_map: Callable | None = None,
-                    rho: float = 0.1) -> dict:
+                    rho: float = FAILURE_RHO) -> dict:
     """Statistics of one normalized spectrum s (any order); NS fidelity if ``scalar_map`` given."""
     s = -np.sort(-np.asarray(s, dtype=np.float64))
     qs = tuple(quantiles)
@@ -44,9 +45,25 @@ def spectrum_record(s: np.ndarray, quantiles: Iterable[float], *, scalar_map: Ca
         spectral_entropy=float(M.spectral_entropy(s, normalized=True)),
     )
     if scalar_map is not None:
-        out = np.asarray(scalar_map(s), dtype=np.float64)
-        rec.update(ns_out_min=float(out.min()), frac_failed=float(np.mean(out < rho)), rho=float(rho))
+        rec.update(fidelity_stats(s, np.asarray(scalar_map(s), dtype=np.float64), rho))
     return rec
+
+
+def fidelity_stats(s: np.ndarray, out: np.ndarray, rho: float = FAILURE_RHO) -> dict:
+    """How far the map s ↦ p(s) leaves one spectrum from the polar factor (all 1).
+
+    distortion D = mean_i (1 − p(s_i))² = ‖O − UVᵀ‖²_F / r for the exact scalar map; the failed
+    shares at ρ and at 0.5; the extreme outputs (overshoot: max p > 1). ``null_dirs`` counts the
+    numerically null directions (s < NULL_LEVEL) and ``distortion_nonnull`` leaves them out.
+    """
+    dev = (1.0 - out) ** 2
+    live = s >= NULL_LEVEL
+    return {
+        "ns_out_min": float(out.min()), "ns_out_max": float(out.max()),
+        "frac_failed": float(np.mean(out < rho)), "frac_failed_50": float(np.mean(out < 0.5)), "rho": float(rho),
+        "distortion": float(dev.mean()), "null_dirs": int((~live).sum()),
+        "distortion_nonnull": float(dev[live].mean()) if live.any() else float("nan"),
+    }
 
 
 class SpectralMonitor:
@@ -72,7 +89,7 @@ class SpectralMonitor:
     def __init__(self, optimizer, every: int = 10, quantiles: Iterable[float] = DEFAULT_QUANTILES,
                  store=None, source: str = "ns_input", full_spectrum: bool = False,
                  include: str | Callable[[str], bool] | None = None, *, spectrum: str = "gram",
-                 rho: float = 0.1, fidelity_every: int = 0, layer_map: Mapping[str, str] | None = None,
+                 rho: float = FAILURE_RHO, fidelity_every: int = 0, layer_map: Mapping[str, str] | None = None,
                  n_blocks: int | None = None, model_params: int | None = None, tensorboard=None,
                  keep_records: bool | None = None) -> None:
         if not hasattr(optimizer, "register_orth_hook"):
