@@ -622,6 +622,35 @@ def calibrate_run(
     console.print(f"{n} run(s) finished in this call; rows in {out / 'runs.csv'}")
 
 
+@calibrate_app.command("summarize")
+def calibrate_summarize(
+    out: Path = typer.Option(..., "--out", "-o", help="Calibration directory holding runs.csv."),
+    preset: str = typer.Option("d64", "--preset", help="Preset whose grid sets the criterion."),
+) -> None:
+    """Paired tables, the statistic that predicts the loss, the calibrated criterion and figures."""
+    import pandas as pd
+
+    from muonscope.experiments.calibration import CSV_NAME, calibrate, paired, write_summary
+
+    path = out / CSV_NAME
+    if not path.exists():
+        fail(f"{path} not found: run `muonscope calibrate run -o {out}` first")
+    df = pd.read_csv(path)
+    cal = calibrate(df, preset)
+    criterion = write_summary(cal, df, out)
+    cols = ["method", "n", "dloss", "dloss_sd", "dloss_t", "token_efficiency", "flops_ratio", "distortion",
+            "frac_failed", "frac_failed_50", "ns_out_max_peak"]
+    for p in sorted(set(df.preset)):
+        for ref in ("exact", "jordan-5"):
+            t = paired(df[df.preset == p], ref)
+            if not t.empty:
+                console.print(f"[bold]{p}: paired against {ref}[/bold]")
+                console.print(t[cols].to_string(index=False, float_format=lambda x: f"{x:.4g}"))
+    console.print(cal.ranking.to_string(index=False, float_format=lambda x: f"{x:.4g}"))
+    console.print(f"criterion: {criterion}")
+    console.print(f"wrote tables, criterion.json and figures to {out}")
+
+
 def main() -> None:
     """Console-script entry point: typed errors become one stderr line and exit code 2."""
     try:

@@ -13,11 +13,13 @@ and validation batches, so methods pair up by (preset, seed). Methods are
 Each finished run appends one row to ``OUT/runs.csv`` (under a file lock, so several processes
 can share one output): final validation loss, its curve, NS FLOPs per step and statistics of the
 run's *own* spectra after burn-in (distortion D, failed shares at 0.1 and 0.5, overshoot).
-Runs resume from their checkpoints under ``OUT/runs/``; rows already in the CSV are skipped.
+Runs resume from their checkpoints under ``OUT/runs/``; rows already in the CSV are skipped, and
+each run is claimed by a lock, so any number of processes can work through one job list.
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import fcntl
 import json
@@ -40,8 +42,9 @@ ORACLE_Q = (0.25, 0.5, 0.75, 0.9, 0.95)
 ORACLE_RHO = (0.0, 0.1, 0.3, 0.7)
 REAL = ("jordan-2", "jordan-3", "jordan-4", "jordan-6", "polar-express-2", "polar-express-3",
         "polar-express-4", "polar-express-5", "designed-0.03-3", "designed-0.01-4", "designed-0.001-5")
-COMPACT_ORACLES = ("top0.25-rho0", "top0.5-rho0", "top0.5-rho0.3", "top0.75-rho0.1", "top0.9-rho0",
-                   "top0.9-rho0.3", "top0.95-rho0", "top0.95-rho0.3", "top0.95-rho0.7")
+COMPACT_ORACLES = ("top0.25-rho0", "top0.5-rho0", "top0.5-rho0.3", "top0.75-rho0", "top0.75-rho0.1",
+                   "top0.9-rho0", "top0.9-rho0.1", "top0.9-rho0.3", "top0.95-rho0", "top0.95-rho0.3",
+                   "top0.95-rho0.7")
 COMPACT_REAL = ("jordan-3", "jordan-4", "jordan-6", "polar-express-3", "polar-express-4", "polar-express-5",
                 "designed-0.01-4")
 STATS = ("distortion", "distortion_nonnull", "frac_failed", "frac_failed_nonnull", "frac_failed_50",
@@ -150,7 +153,7 @@ def run_stats(spectra, burn_in: int = BURN_IN) -> dict:
     }
 
 
-def summarize_run(path: Path, method: Method, preset: str, seed: int, wall: float) -> dict:
+def summarize_run(path: Path, method: Method, preset: str, seed: int, wall: float, burn_in: int = BURN_IN) -> dict:
     from muonscope.spectra.store import RunStore
 
     store = RunStore.open(path)
@@ -163,8 +166,25 @@ def summarize_run(path: Path, method: Method, preset: str, seed: int, wall: floa
         "final_val_loss": float(val.value.iloc[-1]),
         "val_curve": json.dumps({int(s): round(float(v), 6) for s, v in zip(val.step, val.value, strict=True)}),
         "ns_flops_per_step": float(per_step["ns_flops"]), "ns_matmuls_per_step": float(per_step["ns_matmuls"]),
-        **run_stats(store.spectra()), "wall_seconds": round(wall, 1), "threads": meta.get("threads"),
+        **run_stats(store.spectra(), burn_in), "wall_seconds": round(wall, 1), "threads": meta.get("threads"),
     }
+
+
+@contextlib.contextmanager
+def _claim(rdir: Path):
+    """Exclusive, non-blocking claim of one run (a lock file beside its directory; the kernel
+    releases it if the process dies). Yields whether this process holds it."""
+    rdir.parent.mkdir(parents=True, exist_ok=True)
+    with (rdir.parent / f".{rdir.name}.lock").open("w") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+            return
+        try:
+            yield True
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
 
 
 def jobs(methods, presets, seeds) -> list[tuple[str, str, int]]:
@@ -175,7 +195,7 @@ def jobs(methods, presets, seeds) -> list[tuple[str, str, int]]:
 
 
 def run_calibration(out, methods, presets, seeds, *, steps: int = 600, shard: tuple[int, int] = (0, 1),
-                    runs=None, budget: float | None = None, log=print, **base) -> int:
+                    runs=None, budget: float | None = None, burn_in: int = BURN_IN, log=print, **base) -> int:
     """Train every job of this shard not yet in ``out/runs.csv`` (resuming partial runs from their
     checkpoints under ``runs``, default ``out/runs``); returns how many finished."""
     from muonscope.experiments.train import train
@@ -185,8 +205,8 @@ def run_calibration(out, methods, presets, seeds, *, steps: int = 600, shard: tu
     index, count = shard
     if not (count >= 1 and 0 <= index < count):
         raise ConfigError(f"shard must be i/n with 0 <= i < n, got {index}/{count}")
-    if not (isinstance(steps, int) and steps > BURN_IN):
-        raise ConfigError(f"steps must be an integer above the burn-in of {BURN_IN}, got {steps!r}")
+    if not (isinstance(steps, int) and steps > burn_in):
+        raise ConfigError(f"steps must be an integer above the burn-in of {burn_in}, got {steps!r}")
     todo = jobs(methods, presets, seeds)[index::count]
     parsed = {(m, p): parse_method(m, p) for m, p, _ in todo}  # every method name checked up front
     out.mkdir(parents=True, exist_ok=True)
@@ -200,13 +220,16 @@ def run_calibration(out, methods, presets, seeds, *, steps: int = 600, shard: tu
         method = parsed[(name, preset)]
         cfg = method_config(method, preset, seed, steps, **base)
         rdir = run_dir(runs, name, preset, seed)
-        t0 = time.time()
-        summary = train(cfg, rdir, resume=(rdir / "run.json").exists(), progress=False)
-        if summary["status"] != "complete":
-            log(f"{name} {preset} s{seed}: {summary['status']}")
-            break
-        row = summarize_run(rdir, method, preset, seed, time.time() - t0)
-        _append_row(out, row)
+        with _claim(rdir) as mine:
+            if not mine or (name, preset, seed) in done(out):
+                continue  # another process trains (or just finished) this run
+            t0 = time.time()
+            summary = train(cfg, rdir, resume=(rdir / "run.json").exists(), progress=False)
+            if summary["status"] != "complete":
+                log(f"{name} {preset} s{seed}: {summary['status']}")
+                break
+            row = summarize_run(rdir, method, preset, seed, time.time() - t0, burn_in)
+            _append_row(out, row)
         ran += 1
         log(f"{name:18s} {preset} s{seed}: val {row['final_val_loss']:.4f}  D {row['distortion']:.4f}  "
             f"failed {row['frac_failed']:.4f}  {row['wall_seconds']:.0f}s")
@@ -264,3 +287,168 @@ def spearman(x, y) -> float:
 
     ok = np.isfinite(x) & np.isfinite(y)
     return float(spearmanr(np.asarray(x)[ok], np.asarray(y)[ok]).statistic) if ok.sum() > 2 else math.nan
+
+
+def noise_level(table) -> float:
+    """Twice the median standard error of a paired Δ (3 seeds: the size a Δ must have to show)."""
+    se = (table.dloss_sd / np.sqrt(table.n)).to_numpy()
+    se = se[np.isfinite(se) & (table.n.to_numpy() > 1)]
+    if se.size == 0:
+        raise ConfigError("paired noise needs at least two seeds per method")
+    return 2.0 * float(np.median(se))
+
+
+def monotone_fit(x, y) -> tuple[np.ndarray, np.ndarray]:
+    """Isotonic (non-decreasing) least-squares fit of y on x: (sorted x, fitted y)."""
+    from scipy.optimize import isotonic_regression
+
+    x, y = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
+    ok = np.isfinite(x) & np.isfinite(y)
+    order = np.argsort(x[ok], kind="stable")
+    xs, ys = x[ok][order], y[ok][order]
+    return xs, isotonic_regression(ys).x
+
+
+def crossing(xs: np.ndarray, fit: np.ndarray, level: float) -> float:
+    """Smallest x at which the monotone fit reaches ``level`` (linear between points; inf if never)."""
+    above = np.nonzero(fit >= level)[0]
+    if above.size == 0:
+        return math.inf
+    i = int(above[0])
+    if i == 0 or fit[i] == fit[i - 1]:
+        return float(xs[i])
+    return float(xs[i - 1] + (level - fit[i - 1]) / (fit[i] - fit[i - 1]) * (xs[i] - xs[i - 1]))
+
+
+@dataclass
+class Calibration:
+    """What the calibration measured at one preset: paired tables, statistic ranking, the criterion."""
+
+    preset: str
+    vs_exact: object  # DataFrame from paired(…, "exact")
+    vs_reference: object  # DataFrame from paired(…, "jordan-5")
+    noise: float
+    ranking: object  # DataFrame: statistic, spearman, residual rms, crossing
+    statistic: str
+    absolute: float
+    delta: float
+    overshoot_cap: float
+
+    def criterion(self, source: str) -> dict:
+        return {"kind": "statistic", "statistic": self.statistic,
+                "delta": self.delta, "absolute": self.absolute if math.isfinite(self.absolute) else None,
+                "reference": ["jordan", 5], "overshoot_cap": self.overshoot_cap, "rho": 0.1, "source": source}
+
+
+PLANNABLE = ("distortion", "frac_failed")  # statistics the planner can predict from a spectrum
+
+
+def calibrate(df, preset: str) -> Calibration:
+    """Rank the statistics by how well one monotone curve through oracle and real runs predicts
+    the paired Δ loss against the exact polar factor; set the bounds where the curve crosses the
+    paired noise (against exact: ``absolute``; against Jordan × 5: ``delta`` above its statistic)."""
+    from muonscope.laws.criterion import overshoot
+    from muonscope.orth.schedules import get_schedule
+
+    d = df[df.preset == preset]
+    if not {"exact", "jordan-5"} <= set(d.method):
+        raise ConfigError(f"calibration at {preset} needs the references exact and jordan-5")
+    vs_exact, vs_ref = paired(d, "exact"), paired(d, "jordan-5")
+    fitted = vs_exact[vs_exact.family != "plan"]
+    noise = noise_level(fitted)
+    rows = []
+    for stat in PLANNABLE:
+        xs, fit = monotone_fit(fitted[stat], fitted.dloss)
+        resid = float(np.sqrt(np.mean((fitted.sort_values(stat, kind="stable").dloss.to_numpy() - fit) ** 2)))
+        rows.append({"statistic": stat, "spearman": spearman(fitted[stat], fitted.dloss),
+                     "spearman_oracle": spearman(*_cols(fitted[fitted.family == "oracle"], stat)),
+                     "spearman_ns": spearman(*_cols(fitted[fitted.family != "oracle"], stat)),
+                     "residual_rms": resid, "crossing": crossing(xs, fit, noise)})
+    import pandas as pd
+
+    ranking = pd.DataFrame(rows).sort_values(["spearman", "residual_rms"], ascending=[False, True])
+    best = str(ranking.statistic.iloc[0])
+    absolute = float(ranking.crossing.iloc[0])
+    ref = vs_ref[vs_ref.family != "plan"]
+    xs, fit = monotone_fit(ref[best], ref.dloss)
+    ref_stat = float(ref[ref.method == "jordan-5"][best].iloc[0])
+    delta = max(crossing(xs, fit, noise) - ref_stat, 0.0)
+    cap = math.ceil(overshoot(get_schedule("jordan"), 5) * 100) / 100
+    return Calibration(preset, vs_exact, vs_ref, noise, ranking, best, absolute,
+                       delta if math.isfinite(delta) else 0.0, cap)
+
+
+def _cols(t, stat):
+    return t[stat], t.dloss
+
+
+def write_summary(cal: Calibration, df, out: Path) -> dict:
+    """Tables (CSV), the criterion (JSON) and figures of one calibration into ``out``."""
+    out.mkdir(parents=True, exist_ok=True)
+    cal.vs_exact.to_csv(out / f"paired_vs_exact_{cal.preset}.csv", index=False, float_format="%.6g")
+    cal.vs_reference.to_csv(out / f"paired_vs_jordan5_{cal.preset}.csv", index=False, float_format="%.6g")
+    cal.ranking.to_csv(out / f"statistics_{cal.preset}.csv", index=False, float_format="%.6g")
+    n = int(cal.vs_exact.n.max())
+    source = (f"calibration at {cal.preset}: {len(cal.vs_exact)} methods x {n} paired seeds; "
+              f"noise (2 x median paired SE) {cal.noise:.4g}; spearman({cal.statistic}, dloss) "
+              f"{float(cal.ranking.spearman.iloc[0]):.3f}")
+    criterion = cal.criterion(source)
+    (out / "criterion.json").write_text(json.dumps(criterion, indent=1) + "\n")
+    figures(cal, out)
+    return criterion
+
+
+def figures(cal: Calibration, out: Path) -> None:
+    """dloss_vs_statistic.png (Δ loss against exact vs each plannable statistic, the monotone fit,
+    the noise level) and loss_vs_flops.png (Δ loss against Jordan × 5 vs NS FLOPs ratio)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    styles = {"oracle": ("o", "tab:blue", "top-q oracle"), "ns": ("s", "tab:orange", "NS configuration"),
+              "reference": ("D", "black", "reference"), "plan": ("*", "tab:green", "plan")}
+    t = cal.vs_exact
+    fig, axes = plt.subplots(1, len(PLANNABLE), figsize=(5.2 * len(PLANNABLE), 4.0), squeeze=False)
+    for ax, stat in zip(axes[0], PLANNABLE, strict=True):
+        for fam, (marker, color, label) in styles.items():
+            g = t[t.family == fam]
+            if len(g):
+                ax.errorbar(g[stat], g.dloss, yerr=g.dloss_sd / np.sqrt(g.n), fmt=marker, color=color,
+                            ms=6, capsize=2, label=label, lw=0.8)
+        fitted = t[t.family != "plan"]
+        xs, fit = monotone_fit(fitted[stat], fitted.dloss)
+        ax.step(xs, fit, where="post", color="0.4", lw=1, label="monotone fit")
+        ax.axhline(cal.noise, color="tab:red", ls="--", lw=0.8, label=f"paired noise {cal.noise:.3g}")
+        ax.axhline(0, color="0.7", lw=0.6)
+        for _, r in t[t.family.isin(["reference", "ns"])].iterrows():
+            ax.annotate(r.method, (r[stat], r.dloss), fontsize=6, xytext=(3, 2), textcoords="offset points")
+        ax.set_xscale("symlog", linthresh=1e-3)
+        ax.set_xlabel(f"{stat} (run's own spectra, steps >= {BURN_IN})")
+        ax.set_ylabel("paired Δ val loss vs exact polar")
+        ax.set_title(f"{cal.preset}: spearman {spearman(fitted[stat], fitted.dloss):.2f}")
+    axes[0][0].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out / f"dloss_vs_statistic_{cal.preset}.png", dpi=120)
+    plt.close(fig)
+
+    r = cal.vs_reference
+    fig, ax = plt.subplots(figsize=(6.0, 4.0))
+    for fam, (marker, color, label) in styles.items():
+        g = r[(r.family == fam) & np.isfinite(r.flops_ratio)]
+        if len(g):
+            ax.errorbar(g.flops_ratio, g.dloss, yerr=g.dloss_sd / np.sqrt(g.n), fmt=marker, color=color, ms=6,
+                        capsize=2, label=label, lw=0.8)
+            for _, row in g.iterrows():
+                ax.annotate(row.method, (row.flops_ratio, row.dloss), fontsize=6, xytext=(3, 2),
+                            textcoords="offset points")
+    ax.axhline(cal.noise, color="tab:red", ls="--", lw=0.8, label="paired noise")
+    ax.axhline(0, color="0.7", lw=0.6)
+    ax.axvline(0.8, color="0.6", ls=":", lw=0.8, label="20 % fewer FLOPs")
+    ax.set_xlabel("orthogonalization FLOPs per step / Jordan x5 (SVD counted at 6r²c + 22r³)")
+    ax.set_ylabel("paired Δ val loss vs Jordan x5")
+    ax.set_title(f"{cal.preset}: loss against orthogonalization cost")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out / f"loss_vs_flops_{cal.preset}.png", dpi=120)
+    plt.close(fig)

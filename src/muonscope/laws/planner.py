@@ -21,14 +21,17 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import lru_cache
 
+import numpy as np
 import pandas as pd
 
+from muonscope.conventions import FAILURE_RHO
 from muonscope.errors import ConfigError
 from muonscope.laws.design import design_name, design_schedule, round_down_2sig
-from muonscope.laws.fit import Laws
+from muonscope.laws.criterion import LIFT_MEDIAN, Criterion, config_map, overshoot, quantile_function, statistic
+from muonscope.laws.fit import Laws, same_depth
 from muonscope.laws.powerlaw import Prediction
 from muonscope.orth.analysis import ns_matmuls, threshold
 from muonscope.orth.schedules import BUILTIN_NAMES, Schedule, get_schedule
@@ -77,6 +80,8 @@ class LayerChoice:
     steps: int
     tau: float
     options: tuple[Option, ...]
+    stat: float = float("nan")  # statistic criterion: predicted statistic of the choice ...
+    bound: float = float("nan")  # ... and the bound it had to meet
 
     @property
     def exact(self) -> bool:
@@ -155,10 +160,11 @@ class Plan:
     by_type: dict[str, LayerChoice]
     params: dict[str, LayerChoice] = field(default_factory=dict)
     default: LayerChoice | None = None
+    criterion: Criterion = LIFT_MEDIAN
 
     def schedules(self) -> dict[str, Schedule]:
         """Non-built-in schedules the plan refers to (designed ones), by name."""
-        used = [c.schedule for c in [*self.by_type.values(), *self.params.values(),
+        used = [c.schedule for c in [*self.by_depth, *self.by_type.values(), *self.params.values(),
                                      *([self.default] if self.default else [])]]
         return {s.name: s for s in used if s is not None and s.name not in BUILTIN_NAMES}
 
@@ -171,6 +177,7 @@ class Plan:
                 "layer_type": c.layer_type, "rel_depth": c.rel_depth, "alpha": c.alpha,
                 "s_pred": c.prediction.center, "s_low": c.prediction.low, "s_high": c.prediction.high,
                 "schedule": "exact" if c.exact else c.schedule.name, "steps": c.steps, "matmuls": c.matmuls, "tau": c.tau,
+                "stat": c.stat, "bound": c.bound,
                 **{f"steps_{f}": opt.get(f) for f in opt},
             })
         out = pd.DataFrame(rows)
@@ -186,11 +193,13 @@ class Plan:
         def summary(c: LayerChoice) -> dict:
             return {**c.config(), "rel_depth": num(c.rel_depth), "worst_depth": num(c.worst_depth),
                     "alpha": num(c.alpha), "s_pred": c.prediction.center, "s_low": c.prediction.low,
-                    "s_high": c.prediction.high, "tau": c.tau, "matmuls": c.matmuls}
+                    "s_high": c.prediction.high, "tau": c.tau, "matmuls": c.matmuls,
+                    "stat": num(c.stat), "bound": num(c.bound)}
 
         d = {
             "format": PLAN_FORMAT, "target_params": float(self.target_params), "quantile": self.quantile,
-            "rho": self.rho, "level": self.level,
+            "rho": self.rho, "level": self.level, "criterion": self.criterion.to_dict(),
+            "criterion_text": self.criterion.describe(),
             "schedules": {n: s.to_dict() for n, s in sorted(self.schedules().items())},
             "params": {n: c.config() for n, c in sorted(self.params.items())},
             "layer_types": {t: summary(c) for t, c in sorted(self.by_type.items())},
@@ -219,10 +228,18 @@ def names_from_records(df: pd.DataFrame) -> dict[str, tuple[str, float]]:
     return out
 
 
-def make_plan(laws: Laws, target_params: float, *, quantile: float = 0.5, rho: float = 0.1,
+def make_plan(laws: Laws, target_params: float, *, quantile: float = 0.5, rho: float = FAILURE_RHO,
               level: float = 0.95, names: Mapping[str, tuple[str, float]] | None = None,
-              families: Sequence[str] = FAMILIES, max_steps: int = 16, safety: float = 1.01) -> Plan:
-    """Plan NS per layer for a model of ``target_params`` parameters (see the module docstring)."""
+              families: Sequence[str] = FAMILIES, max_steps: int = 16, safety: float = 1.01,
+              criterion: Criterion | None = None) -> Plan:
+    """Plan NS per layer for a model of ``target_params`` parameters (see the module docstring).
+
+    ``criterion`` None is the lift-quantile rule with ``quantile`` and ``rho``; a ``statistic``
+    criterion (:mod:`muonscope.laws.criterion`) bounds the predicted statistic of every choice.
+    """
+    if criterion is None:
+        criterion = Criterion(quantile=float(quantile), rho=float(rho))
+    quantile, rho = criterion.quantile, criterion.rho
     try:
         m = float(target_params)
     except (TypeError, ValueError):
@@ -245,31 +262,74 @@ def make_plan(laws: Laws, target_params: float, *, quantile: float = 0.5, rho: f
         raise ConfigError(f"the laws have no fits for q={quantile:g}; fitted q levels: "
                           f"{', '.join(f'{q:g}' for q in sorted({f.q for f in laws.fits}))}")
 
-    def pick(lt: str, depth: float, worst: float, alpha: float, pred: Prediction) -> LayerChoice:
+    def pick(f) -> LayerChoice:
+        pred = f.predict(m, level)
         ell = min(pred.low, 1.0)
-        best, opts = choose(ell, rho, families=families, max_steps=max_steps, safety=safety)
-        return LayerChoice(lt, depth, worst, alpha, pred, ell, best.schedule, best.steps, best.tau, opts)
+        if criterion.kind == "lift-quantile":
+            best, opts = choose(ell, rho, families=families, max_steps=max_steps, safety=safety)
+            return LayerChoice(f.layer_type, f.rel_depth, f.rel_depth, f.alpha, pred, ell, best.schedule,
+                               best.steps, best.tau, opts)
+        group = [g for g in laws.fits if g.layer_type == f.layer_type and same_depth(g.rel_depth, f.rel_depth)]
+        spectrum = quantile_function([g.q for g in group], [min(g.predict(m, level).low, 1.0) for g in group])
+        best, opts, value, bound = choose_by_statistic(spectrum, criterion, families=families, max_steps=max_steps,
+                                                       safety=safety, ell=ell)
+        return LayerChoice(f.layer_type, f.rel_depth, f.rel_depth, f.alpha, pred, ell, best.schedule, best.steps,
+                           best.tau, opts, value, bound)
 
-    by_depth = []
-    for f in sorted(fits, key=lambda f: (f.layer_type, math.isnan(f.rel_depth), f.rel_depth)):
-        by_depth.append(pick(f.layer_type, f.rel_depth, f.rel_depth, f.alpha, f.predict(m, level)))
+    def demand(c: LayerChoice):  # the most demanding choice sorts first
+        return (c.ell, -c.cost) if criterion.kind == "lift-quantile" else (-c.cost, c.ell)
+
+    by_depth = [pick(f) for f in sorted(fits, key=lambda f: (f.layer_type, math.isnan(f.rel_depth), f.rel_depth))]
     by_type: dict[str, LayerChoice] = {}
     for lt in sorted({c.layer_type for c in by_depth}):
-        worst = min((c for c in by_depth if c.layer_type == lt), key=lambda c: c.ell)
-        by_type[lt] = LayerChoice(lt, float("nan"), worst.rel_depth, worst.alpha, worst.prediction,
-                                  worst.ell, worst.schedule, worst.steps, worst.tau, worst.options)
-    default = max(by_type.values(), key=lambda c: (c.cost, -c.ell))
+        worst = min((c for c in by_depth if c.layer_type == lt), key=demand)
+        by_type[lt] = replace(worst, rel_depth=float("nan"))
+    default = min(by_type.values(), key=lambda c: (-c.cost, c.ell))
     params: dict[str, LayerChoice] = {}
     for name, (lt, depth) in (names or {}).items():
-        params[base_name(name)] = _choice_for(by_depth, by_type, default, str(lt), depth)
-    return Plan(m, float(quantile), float(rho), float(level), by_depth, by_type, params, default)
+        params[base_name(name)] = _choice_for(by_depth, by_type, default, str(lt), depth, demand)
+    return Plan(m, float(quantile), float(rho), float(level), by_depth, by_type, params, default, criterion)
+
+
+def choose_by_statistic(spectrum: np.ndarray, criterion: Criterion, *, families: Sequence[str] = FAMILIES,
+                        max_steps: int = 16, safety: float = 1.01, ell: float = 1e-3):
+    """Cheapest configuration whose statistic on ``spectrum`` stays within the criterion's bound and
+    whose outputs stay below its overshoot cap; the exact polar factor when none does within
+    ``max_steps``. Returns (option, options per family, its statistic, the bound)."""
+    ref_sched, ref_steps = criterion.reference
+    ref = statistic(criterion.statistic, config_map(get_schedule(ref_sched), ref_steps, spectrum), criterion.rho)
+    bound = min(ref + criterion.delta, criterion.absolute)
+    opts, values = [], {}
+    for fam in families:
+        sched = _designed(min(round_down_2sig(max(ell, _MIN_ELL)), 0.99), float(safety)) if fam == "designed" \
+            else get_schedule(fam)
+        found = None
+        for k in range(1, max_steps + 1):
+            v = statistic(criterion.statistic, config_map(sched, k, spectrum), criterion.rho)
+            if v <= bound and _overshoot(sched, k) <= criterion.overshoot_cap:
+                found = (k, v)
+                break
+        opt = Option(fam, sched, found[0] if found else None,
+                     _tau(sched, found[0], criterion.rho) if found else float("nan"))
+        opts.append(opt)
+        if found:
+            values[fam] = found[1]
+    feasible = [o for o in opts if o.steps is not None]
+    if not feasible:
+        return EXACT, tuple(opts), statistic(criterion.statistic, config_map(None, 0, spectrum), criterion.rho), bound
+    best = min(feasible, key=lambda o: o.matmuls)
+    return best, tuple(opts), values[best.family], bound
+
+
+@lru_cache(maxsize=4096)
+def _overshoot(schedule: Schedule, steps: int) -> float:
+    return overshoot(schedule, steps)
 
 
 def _choice_for(by_depth: list[LayerChoice], by_type: dict[str, LayerChoice], default: LayerChoice,
-                lt: str, depth) -> LayerChoice:
+                lt: str, depth, demand) -> LayerChoice:
     if lt not in by_type:
-        return LayerChoice(lt, float("nan"), default.worst_depth, default.alpha, default.prediction,
-                           default.ell, default.schedule, default.steps, default.tau, default.options)
+        return replace(default, layer_type=lt, rel_depth=float("nan"))
     depth = float("nan") if depth is None else float(depth)
     known = [c for c in by_depth if c.layer_type == lt and not math.isnan(c.rel_depth)]
     if math.isnan(depth) or not known:
@@ -279,7 +339,7 @@ def _choice_for(by_depth: list[LayerChoice], by_type: dict[str, LayerChoice], de
     above = [c for c in known if c.rel_depth >= d]
     bracket = ([max(below, key=lambda c: c.rel_depth)] if below else []) + \
               ([min(above, key=lambda c: c.rel_depth)] if above else [])
-    return min(bracket, key=lambda c: (c.ell, -c.cost))
+    return min(bracket, key=demand)
 
 
 TARGETS = (1.2e8, 7e9, 7e10, 1e12)
