@@ -5,8 +5,8 @@ import math
 import numpy as np
 import pytest
 import torch
-from helpers import matrix_with_spectrum
 
+from helpers import matrix_with_spectrum
 from muonscope.errors import ConfigError
 from muonscope.optim.hooks import OrthEvent
 from muonscope.orth import analysis as A

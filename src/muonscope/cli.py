@@ -286,50 +286,111 @@ def _names_from(path: Path) -> dict:
     return {n: (index(n).layer_type, index(n).rel_depth) for n in names}
 
 
+def _criterion(spec: str, quantile: float, rho: float):
+    """``calibrated`` (shipped), ``lift-quantile`` (the original rule with --quantile/--rho) or a JSON path."""
+    from muonscope._jsonfile import read_json
+    from muonscope.laws.criterion import Criterion, calibrated
+
+    if spec == "calibrated":
+        return calibrated()
+    if spec == "lift-quantile":
+        return Criterion(quantile=quantile, rho=rho)
+    path = Path(spec)
+    raw = read_json(path, ConfigError, missing=f"criterion {spec!r}: not 'calibrated', 'lift-quantile' or a JSON file")
+    return Criterion.from_dict(raw)
+
+
+def plan_table(plan) -> Table:
+    """The plan as a rich table (one row per fitted depth, then one per layer type)."""
+    crit = plan.criterion
+    statistic = crit.kind == "statistic"
+    table = Table(title=f"NS plan for {plan.target_params:.3g} parameters ({plan.level:.0%} prediction intervals)")
+    table.caption = (f"criterion: {crit.describe()}. tau: every s >= tau maps to >= {crit.rho:g}; "
+                     "J/PE/D: fewest steps of jordan / polar-express / designed that meet the criterion"
+                     + ("; the spectrum beyond the largest fitted q is extrapolated" if statistic else ""))
+    cols = ["layer", "depth", "alpha", f"s_q{crit.quantile * 100:g} predicted [interval]", "config", "matmuls", "tau"]
+    cols += ["stat", "bound"] if statistic else []
+    for col in (*cols, "J/PE/D"):
+        table.add_column(col, justify="left" if col in ("layer", "config") else "right")
+    for c in [*plan.by_depth, *plan.by_type.values()]:
+        depth = _fmt_depth(c.rel_depth) if c.rel_depth == c.rel_depth else f"all (d={_fmt_depth(c.worst_depth)})"
+        alts = " / ".join("-" if o.steps is None else str(o.steps) for o in c.options)
+        p = c.prediction
+        row = [c.layer_type, depth, f"{c.alpha:.3f}", f"{p.center:.2g} [{p.low:.2g}, {p.high:.2g}]",
+               c.label, "SVD" if c.exact else str(c.matmuls), f"{c.tau:.3g}"]
+        row += [f"{c.stat:.3g}", f"{c.bound:.3g}"] if statistic else []
+        table.add_row(*row, alts)
+    return table
+
+
 @app.command("plan")
 def plan_cmd(
     laws_path: Path = typer.Argument(..., help="Laws JSON from `muonscope fit`."),
-    params: list[str] = typer.Option(..., "--params", "-p", help="Target model size(s): 7e10, 70B, 125M, ..."),
-    quantile: float = typer.Option(0.5, "--quantile", "-q", help="The quantile s_q that NS must lift."),
-    rho: float = typer.Option(0.1, "--rho", help="Output level a lifted direction must reach."),
+    params: list[str] = typer.Option(None, "--params", "-p", help="Target model size(s): 7e10, 70B, 125M, ..."),
+    criterion: str = typer.Option("calibrated", "--criterion", help="calibrated (measured on training loss), "
+                                  "lift-quantile (tau_rho <= pessimistic s_q) or a criterion JSON file."),
+    quantile: float = typer.Option(0.5, "--quantile", "-q", help="lift-quantile: the quantile s_q NS must lift."),
+    rho: float = typer.Option(0.1, "--rho", help="lift-quantile: output level a lifted direction must reach."),
     level: float = typer.Option(0.95, "--level", help="Two-sided prediction-interval level."),
     names_from: Path = typer.Option(None, "--names-from", help="Parameter names: a run directory, a JSON "
                                     "{name: [layer_type, rel_depth]} or a text file with one name per line."),
     max_steps: int = typer.Option(16, "--max-steps", help="Largest NS step count considered."),
-    out: Path = typer.Option(None, "--out", "-o", help="Plan JSON (several sizes: one file per size, suffixed)."),
+    out: Path = typer.Option(None, "--out", "-o", help="Plan JSON (several sizes: one file per size, suffixed); "
+                             "with --verify: the verification directory."),
+    verify: bool = typer.Option(False, "--verify", help="Closed loop: plan each of --presets for its own size, "
+                                "train it under the plan and under jordan x5 (paired), refit, plan again."),
+    presets: str = typer.Option("d48,d64,d96", "--presets", help="--verify: the presets to train (3 or more)."),
+    seeds: str = typer.Option("0", "--seeds", help="--verify: comma-separated seeds."),
+    steps: int = typer.Option(600, "--steps", help="--verify: optimizer steps per run."),
+    threads: int = typer.Option(1, "--threads", help="--verify: torch threads."),
 ) -> None:
     """Cheapest NS configuration per layer for a target model size, from fitted laws."""
-    import json
 
     from muonscope.laws.io import load_laws
     from muonscope.laws.planner import make_plan
 
-    sizes = [_parse_size(p) for p in params]
     if max_steps < 1:
         fail("--max-steps must be >= 1")
+    if not (0 < level < 1):
+        fail("--level must lie in (0, 1)")
+    crit = _criterion(criterion, quantile, rho)
+    if verify:
+        if out is None:
+            fail("--verify needs --out DIR for its runs and plans")
+        return _verify(load_laws(laws_path), crit, out, _csv(presets), _csv(seeds, int), steps, threads,
+                       level=level, max_steps=max_steps)
+    if not params:
+        fail("give --params (a target size) or --verify")
+    sizes = [_parse_size(p) for p in params]
     laws = load_laws(laws_path)
     names = _names_from(names_from) if names_from is not None else None
     for size in sizes:
-        plan = make_plan(laws, size, quantile=quantile, rho=rho, level=level, names=names, max_steps=max_steps)
-        table = Table(title=f"NS plan for {size:.3g} parameters: lift s_q{quantile * 100:g} "
-                            f"(lower end of the {level:.0%} prediction interval) to >= {rho:g}")
-        table.caption = ("tau: the config's threshold (every s >= tau maps to >= rho); "
-                         "J/PE/D: fewest steps of jordan / polar-express / designed(lower end)")
-        for col in ("layer", "depth", "alpha", "s_q predicted [interval]", "config", "matmuls", "tau", "J/PE/D"):
-            table.add_column(col, justify="left" if col in ("layer", "config") else "right")
-        for c in [*plan.by_depth, *plan.by_type.values()]:
-            depth = _fmt_depth(c.rel_depth) if c.rel_depth == c.rel_depth else f"all (d={_fmt_depth(c.worst_depth)})"
-            alts = " / ".join("-" if o.steps is None else str(o.steps) for o in c.options)
-            p = c.prediction
-            table.add_row(c.layer_type, depth, f"{c.alpha:.3f}", f"{p.center:.2g} [{p.low:.2g}, {p.high:.2g}]",
-                          c.label, "SVD" if c.exact else str(c.matmuls), f"{c.tau:.3g}", alts)
-        console.print(table)
+        plan = make_plan(laws, size, level=level, names=names, max_steps=max_steps, criterion=crit)
+        console.print(plan_table(plan))
         if out is not None:
+            from muonscope._jsonfile import write_json
+
             dest = out if len(sizes) == 1 else out.with_name(f"{out.stem}-{size:.3g}".replace("+", "") + out.suffix)
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            dest.write_text(json.dumps(plan.to_dict(), indent=1))
+            write_json(dest, plan.to_dict())
             console.print(f"wrote {dest} ({len(plan.params)} named parameters, "
                           f"{len(plan.schedules())} designed schedule(s))")
+
+
+def _verify(laws, crit, out: Path, presets, seeds, steps, threads, **plan_kwargs) -> None:
+    import torch
+
+    from muonscope.experiments.closed_loop import verify_plan
+
+    torch.set_num_threads(threads)
+    v = verify_plan(laws, crit, out, presets=presets, seeds=seeds or [0], steps=steps, log=console.print,
+                    **plan_kwargs)
+    console.print(f"criterion: {crit.describe()}")
+    cols = ["preset", "n", "dloss", "dloss_sd", "dloss_t", "flops_ratio", "distortion", "frac_failed"]
+    console.print(v.paired[cols].to_string(index=False, float_format=lambda x: f"{x:.4g}"))
+    for p, ch in v.changed.items():
+        console.print(f"{p}: {len(ch)} parameter(s) change after the refit" + "".join(
+            f"\n  {n}: {a} -> {b}" for n, (a, b) in sorted(ch.items())))
+    console.print(f"fixed point: {'yes' if v.fixed_point else 'no'}; plans, replans and runs.csv in {out}")
 
 
 @app.command()

@@ -13,12 +13,11 @@ extends every run from its checkpoint.
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import time
 from pathlib import Path
 
-from muonscope._jsonfile import read_json
+from muonscope._jsonfile import read_json, write_json
 from muonscope.errors import ConfigError, StoreError
 from muonscope.experiments.model import SWEEP_PRESETS, get_preset
 from muonscope.experiments.train import CHECKPOINT, TrainConfig, same_run, train
@@ -49,9 +48,7 @@ def plan_sweep(base: TrainConfig, presets=SWEEP_PRESETS, seeds=(0,), adamw_prese
 
 
 def _write_manifest(path: Path, manifest: dict) -> None:
-    tmp = path.with_name(f".tmp-{path.name}")
-    tmp.write_text(json.dumps(manifest, indent=2))
-    os.replace(tmp, path)
+    write_json(path, manifest, indent=2)
 
 
 def run_sweep(runs: list[TrainConfig], out_dir: str | os.PathLike, *, progress: bool = True,

@@ -15,7 +15,6 @@ are reconstructed from their stored fields, so predictions after a round trip ar
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from pathlib import Path
@@ -23,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from muonscope._jsonfile import read_json
+from muonscope._jsonfile import read_json, write_json
 from muonscope.errors import ConfigError
 from muonscope.laws.powerlaw import PowerLawFit, SharedExponentTest
 
@@ -127,13 +126,7 @@ def laws_from_dict(d: dict):
 
 
 def save_laws(laws, path: str | os.PathLike) -> Path:
-    path = Path(path)
-    if path.parent and not path.parent.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".tmp-{path.name}")
-    tmp.write_text(json.dumps(laws_to_dict(laws), indent=1, allow_nan=False))
-    os.replace(tmp, path)
-    return path
+    return write_json(path, laws_to_dict(laws), allow_nan=False)
 
 
 def load_laws(path: str | os.PathLike):

@@ -29,8 +29,15 @@ import pandas as pd
 
 from muonscope.conventions import FAILURE_RHO
 from muonscope.errors import ConfigError
+from muonscope.laws.criterion import (
+    LIFT_MEDIAN,
+    Criterion,
+    config_map,
+    overshoot,
+    quantile_function,
+    statistic,
+)
 from muonscope.laws.design import design_name, design_schedule, round_down_2sig
-from muonscope.laws.criterion import LIFT_MEDIAN, Criterion, config_map, overshoot, quantile_function, statistic
 from muonscope.laws.fit import Laws, same_depth
 from muonscope.laws.powerlaw import Prediction
 from muonscope.orth.analysis import ns_matmuls, threshold

@@ -275,16 +275,23 @@ class RunStore:
 
 
 def find_runs(paths: Iterable[str | os.PathLike]) -> list[Path]:
-    """Run directories among ``paths``: each path is a run, or a directory holding runs."""
+    """Run directories among ``paths``: each path is a run, or a directory holding runs at any depth
+    (a run directory is not searched further)."""
     found: list[Path] = []
     for p in map(Path, paths):
         if (p / "run.json").exists():
             found.append(p)
         elif p.is_dir():
-            sub = sorted(q.parent for q in p.glob("*/run.json"))
+            sub = []
+            for root, dirs, files in os.walk(p):
+                if "run.json" in files:
+                    sub.append(Path(root))
+                    dirs.clear()
+                else:
+                    dirs[:] = [d for d in dirs if not d.startswith(".")]
             if not sub:
-                raise StoreError(f"{p} holds no run directories (no run.json in it or its subdirectories)")
-            found.extend(sub)
+                raise StoreError(f"{p} holds no run directories (no run.json in it or below it)")
+            found.extend(sorted(sub))
         else:
             raise StoreError(f"run directory {p} does not exist")
     return found
