@@ -12,7 +12,7 @@ from muonscope.errors import ConfigError
 from muonscope.experiments import calibration as C
 from muonscope.orth import composed_map, newton_schulz, polar_exact
 from muonscope.orth.oracle import TopQExact, top_q_map
-from muonscope.spectra.monitor import fidelity_stats
+from muonscope.orth.analysis import fidelity_stats
 
 
 def _matrix(m=24, n=40, seed=0):
@@ -164,3 +164,21 @@ def test_run_calibration_end_to_end_and_resume(tmp_path):
                              **base) == 0
     with pytest.raises(ConfigError, match="burn-in"):
         C.run_calibration(tmp_path, methods, ["tiny"], [0], steps=4, burn_in=4, **base)
+
+
+def test_optimizer_stats_carry_fidelity_on_sampled_steps():
+    import muonscope
+    from muonscope.spectra.monitor import SpectralMonitor
+
+    p = torch.nn.Parameter(torch.randn(16, 32))
+    opt = muonscope.Muon([("w", p)], lr=0.01, schedule="jordan", ns_steps=3)
+    mon = SpectralMonitor(opt, every=2, spectrum="gram")
+    for _ in range(2):
+        p.grad = torch.randn(16, 32)
+        opt.step()
+    e = opt.stats["layers"]["w"]
+    rec = mon.records[-1]
+    assert e["fidelity_step"] == 2
+    for k in ("distortion", "frac_failed", "frac_failed_50", "ns_out_max"):
+        assert e[k] == pytest.approx(rec[k], rel=1e-12)
+    assert 0 < e["distortion"] < 1

@@ -21,6 +21,7 @@ from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch.optim import Optimizer
 from torch.utils.hooks import RemovableHandle
@@ -30,6 +31,7 @@ from muonscope.optim import distributed as D
 from muonscope.optim.adaptive import ADAPTIVE, AdaptiveSteps, HybridControl
 from muonscope.optim.hooks import OrthEvent
 from muonscope.optim.plan import Plan, load_plan
+from muonscope.orth.analysis import fidelity_stats
 from muonscope.orth.hybrid import HybridNS
 from muonscope.orth.matrix_ns import default_compute_dtype
 from muonscope.orth.orthogonalizers import NewtonSchulz, Orthogonalizer, make_orthogonalizer
@@ -39,6 +41,7 @@ DEFAULT_NS_COEFFICIENTS = JORDAN
 ADJUST_LR_FNS = (None, "original", "match_rms_adamw", "none")
 MOMENTUM_FORMS = ("ema", "sum")
 NONFINITE_POLICIES = ("raise", "skip")
+FIDELITY_KEYS = ("distortion", "frac_failed", "frac_failed_50", "ns_out_max")  # in stats["layers"] on sampled steps
 
 
 def lr_ratio(adjust_lr_fn: str | None, rows: int, cols: int) -> float:
@@ -157,7 +160,9 @@ class Muon(Optimizer):
             cadence and hysteresis, used instead of the one ``ns_steps="adaptive"`` builds).
             ``orthogonalizer="hybrid"`` (or a ``HybridNS``) installs a ``HybridControl`` that
             applies its correction policy per matrix. ``stats["layers"]`` holds per-matrix NS FLOPs
-            and matrix products (cumulative and last step) of what was actually run.
+            and matrix products (cumulative and last step) of what was actually run and, from the
+            last step on which a spectrum was computed (``fidelity_step``), the map's distortion
+            D = mean (1 − p(sᵢ))², failed shares below 0.1 and 0.5 and its largest output.
         distributed: None (auto: shard when a process group with > 1 rank is initialized),
             True or False. ``process_group``: the group to shard over (default: WORLD).
             Gradients must already agree across ranks (data-parallel all-reduce); register the
@@ -435,6 +440,10 @@ class Muon(Optimizer):
             wm = w.orth.matmuls()
             e.update(ns_flops=e["ns_flops"] + w.flops, ns_matmuls=e["ns_matmuls"] + wm, last_ns_flops=w.flops,
                      last_ns_matmuls=wm, last_orthogonalizer="{}x{}".format(*w.orth.label))
+            if w.spectrum is not None and w.spectrum.numel():  # sampled step: fidelity of the map used
+                sv = w.spectrum.detach().cpu().numpy()
+                fid = fidelity_stats(sv, np.asarray(w.orth.scalar_map(sv), dtype=np.float64))
+                e.update({k: fid[k] for k in FIDELITY_KEYS}, fidelity_step=step_no)
         self._muon_step = step_no
         return loss
 

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.optimize import brentq, minimize_scalar
 
+from muonscope.conventions import FAILURE_RHO, NULL_LEVEL
 from muonscope.errors import ConfigError
 from muonscope.orth.schedules import Schedule, get_schedule
 
@@ -137,3 +138,20 @@ def fidelity(schedule: str | Schedule, steps: int, s, rho: float = 0.1) -> tuple
         return float("nan"), float("nan")
     y = composed_map(schedule, steps, s)
     return float(y.min()), float(np.mean(y < rho))
+
+
+def fidelity_stats(s: np.ndarray, out: np.ndarray, rho: float = FAILURE_RHO) -> dict:
+    """How far the map s ↦ p(s) leaves one spectrum from the polar factor (all 1).
+
+    distortion D = mean_i (1 − p(s_i))² = ‖O − UVᵀ‖²_F / r for the exact scalar map; the failed
+    shares at ρ and at 0.5; the extreme outputs (overshoot: max p > 1). ``null_dirs`` counts the
+    numerically null directions (s < NULL_LEVEL) and ``distortion_nonnull`` leaves them out.
+    """
+    dev = (1.0 - out) ** 2
+    live = s >= NULL_LEVEL
+    return {
+        "ns_out_min": float(out.min()), "ns_out_max": float(out.max()),
+        "frac_failed": float(np.mean(out < rho)), "frac_failed_50": float(np.mean(out < 0.5)), "rho": float(rho),
+        "distortion": float(dev.mean()), "null_dirs": int((~live).sum()),
+        "distortion_nonnull": float(dev[live].mean()) if live.any() else float("nan"),
+    }

@@ -70,11 +70,23 @@ def _exponent_pivot(laws, q: float) -> pd.DataFrame:
     return out.loc[order].reset_index()
 
 
+def _fidelity_table(spectra: pd.DataFrame) -> pd.DataFrame:
+    late = spectra[spectra.step >= 100] if (spectra.step >= 100).any() else spectra
+    cols = [c for c in ("distortion", "frac_failed", "frac_failed_50", "ns_out_max") if c in late]
+    out = late.groupby("layer_type")[cols].mean()
+    order = [x for x in F.LAYER_ORDER if x in out.index]
+    return out.loc[order].reset_index()
+
+
 def build_sections(run_paths, *, targets=DEFAULT_TARGETS, quantile: float = 0.5, rho: float = 0.1,
-                   workdir: Path) -> list[Section]:
-    """Compute everything the report shows; figures are written into ``workdir``."""
+                   workdir: Path, criterion=None) -> list[Section]:
+    """Compute everything the report shows; figures are written into ``workdir``. Plans use
+    ``criterion`` (default: the calibrated one)."""
+    from muonscope.laws.criterion import calibrated
     from muonscope.laws.fit import fit_laws
     from muonscope.laws.planner import make_plan
+
+    criterion = criterion or calibrated()
     from muonscope.spectra.store import RunStore, find_runs
 
     paths = find_runs(run_paths)
@@ -128,7 +140,10 @@ def build_sections(run_paths, *, targets=DEFAULT_TARGETS, quantile: float = 0.5,
             sections.append(Section("NS fidelity during training",
                                     "Share of directions that the run's NS configuration lifts to less than ρ "
                                     "(scalar map on the measured spectrum).",
-                                    [(F.plot_failed_share(spectra, path=workdir / "failed.png"), "Failed share")]))
+                                    [(F.plot_failed_share(spectra, path=workdir / "failed.png"), "Failed share")],
+                                    [(_fidelity_table(spectra), "Mean over sampled steps after step 100 and over "
+                                      "matrices: distortion D = mean (1 − p(s))², failed shares below 0.1 and 0.5, "
+                                      "largest output p(s) (overshoot)")] if "distortion" in spectra else []))
 
     if laws is not None and laws.fits:
         qs = sorted({f.q for f in laws.fits})
@@ -154,14 +169,15 @@ def build_sections(run_paths, *, targets=DEFAULT_TARGETS, quantile: float = 0.5,
     if laws is not None and laws.fits:
         for t in targets:
             try:
-                plan = make_plan(laws, t, quantile=quantile, rho=rho)
+                plan = make_plan(laws, t, criterion=criterion)
             except MuonscopeError as exc:
                 recipe_tables.append((pd.DataFrame([{"error": str(exc)}]), f"target {t:.3g}"))
                 continue
             tab = plan.table()
             tab = tab[tab["rel_depth"].isna()].drop(columns=["rel_depth"]) if tab["rel_depth"].isna().any() else tab
-            recipe_tables.append((tab, f"Recipe for a {t:.3g}-parameter model: cheapest configuration per layer type whose τ_{rho:g} "
-                                       f"lies below the pessimistic (95% lower) prediction of s_{quantile:g}"))
+            recipe_tables.append((tab, f"Recipe for a {t:.3g}-parameter model: cheapest configuration per layer type "
+                                       f"meeting the criterion ({plan.criterion.describe()}; pessimistic 95% "
+                                       "lower predictions)"))
             for c in plan.by_type.values():
                 if not c.exact and (c.schedule.name, c.steps) not in ns_configs and len(ns_configs) < 8:
                     ns_configs.append((c.schedule, c.steps))
@@ -190,7 +206,7 @@ th{background:#f3f3f3}img{max-width:100%;border:1px solid #eee}figcaption{font-s
 
 
 def build_report(run_paths, out: str | os.PathLike, *, fmt: str = "html", targets=DEFAULT_TARGETS,
-                 quantile: float = 0.5, rho: float = 0.1, title: str = "muonscope report") -> Path:
+                 quantile: float = 0.5, rho: float = 0.1, title: str = "muonscope report", criterion=None) -> Path:
     """Write the report for ``run_paths`` (run or sweep directories) to ``out``; returns its path."""
     if fmt not in ("html", "md"):
         raise ConfigError(f"report format must be 'html' or 'md', got {fmt!r}")
@@ -199,7 +215,8 @@ def build_report(run_paths, out: str | os.PathLike, *, fmt: str = "html", target
     if fmt == "md":
         assets = out.with_name(out.stem + "_files")
         assets.mkdir(exist_ok=True)
-        sections = build_sections(run_paths, targets=targets, quantile=quantile, rho=rho, workdir=assets)
+        sections = build_sections(run_paths, targets=targets, quantile=quantile, rho=rho, workdir=assets,
+                                  criterion=criterion)
         parts = [f"# {title}\n"]
         for s in sections:
             parts.append(f"## {s.title}\n\n{s.text}\n")
@@ -212,7 +229,8 @@ def build_report(run_paths, out: str | os.PathLike, *, fmt: str = "html", target
         os.replace(tmp, out)
         return out
     with tempfile.TemporaryDirectory() as td:
-        sections = build_sections(run_paths, targets=targets, quantile=quantile, rho=rho, workdir=Path(td))
+        sections = build_sections(run_paths, targets=targets, quantile=quantile, rho=rho, workdir=Path(td),
+                                      criterion=criterion)
         parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
                  f"<style>{_CSS}</style></head><body><h1>{html.escape(title)}</h1>"]
         for s in sections:

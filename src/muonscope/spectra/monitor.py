@@ -25,8 +25,9 @@ from collections.abc import Callable, Iterable, Mapping
 import numpy as np
 import torch
 
-from muonscope.conventions import FAILURE_RHO, NULL_LEVEL
+from muonscope.conventions import FAILURE_RHO
 from muonscope.errors import ConfigError
+from muonscope.orth.analysis import fidelity_stats
 from muonscope.spectra import metrics as M
 from muonscope.spectra.layers import LayerIndex
 
@@ -47,23 +48,6 @@ def spectrum_record(s: np.ndarray, quantiles: Iterable[float], *, scalar_map: Ca
     if scalar_map is not None:
         rec.update(fidelity_stats(s, np.asarray(scalar_map(s), dtype=np.float64), rho))
     return rec
-
-
-def fidelity_stats(s: np.ndarray, out: np.ndarray, rho: float = FAILURE_RHO) -> dict:
-    """How far the map s ↦ p(s) leaves one spectrum from the polar factor (all 1).
-
-    distortion D = mean_i (1 − p(s_i))² = ‖O − UVᵀ‖²_F / r for the exact scalar map; the failed
-    shares at ρ and at 0.5; the extreme outputs (overshoot: max p > 1). ``null_dirs`` counts the
-    numerically null directions (s < NULL_LEVEL) and ``distortion_nonnull`` leaves them out.
-    """
-    dev = (1.0 - out) ** 2
-    live = s >= NULL_LEVEL
-    return {
-        "ns_out_min": float(out.min()), "ns_out_max": float(out.max()),
-        "frac_failed": float(np.mean(out < rho)), "frac_failed_50": float(np.mean(out < 0.5)), "rho": float(rho),
-        "distortion": float(dev.mean()), "null_dirs": int((~live).sum()),
-        "distortion_nonnull": float(dev[live].mean()) if live.any() else float("nan"),
-    }
 
 
 class SpectralMonitor:
