@@ -2,6 +2,7 @@
 
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -182,3 +183,25 @@ def test_optimizer_stats_carry_fidelity_on_sampled_steps():
     for k in ("distortion", "frac_failed", "frac_failed_50", "ns_out_max"):
         assert e[k] == pytest.approx(rec[k], rel=1e-12)
     assert 0 < e["distortion"] < 1
+
+
+def test_closed_loop_verification_trains_refits_and_compares(tmp_path):
+    from muonscope.experiments.closed_loop import plan_configs, verify_plan
+    from muonscope.laws.criterion import Criterion
+    from muonscope.laws.io import load_laws
+
+    crit = Criterion(kind="statistic", statistic="distortion", delta=0.01, absolute=0.08, overshoot_cap=1.25)
+    laws = load_laws(Path(__file__).resolve().parents[1] / "results" / "laws.json")
+    opts = dict(batch_size=8, corpus_bytes=300_000, eval_every=20, monitor_every=5, checkpoint_every=20, burn_in=10)
+    v = verify_plan(laws, crit, tmp_path, presets=("tiny", "d48", "d64"), steps=40, train_options=opts,
+                    log=lambda *_: None)
+    assert list(v.paired.preset) == ["tiny", "d48", "d64"]
+    assert (v.paired.flops_ratio <= 1.0).all() and v.paired.n.eq(1).all()
+    assert v.refit.fits and set(v.changed) == {"tiny", "d48", "d64"}
+    assert v.fixed_point == (not any(v.changed.values()))
+    for p in ("tiny", "d48", "d64"):
+        before = plan_configs(tmp_path / "plans" / f"plan-{p}.json")
+        after = plan_configs(tmp_path / "replans" / f"plan-{p}.json")
+        assert {n for n in before if before[n] != after[n]} == set(v.changed[p])
+    with pytest.raises(ConfigError, match="3 or more"):
+        verify_plan(laws, crit, tmp_path, presets=("tiny", "d48"))

@@ -118,3 +118,40 @@ def test_plan_errors(cli, laws_path, tmp_path):
     bad = tmp_path / "bad.json"
     bad.write_text("[1, 2]")
     assert "--names-from" in one_line_error(cli("plan", laws_path, "-p", "7e10", "--names-from", bad))
+
+
+@pytest.mark.parametrize("content", [
+    '{"kind": "magic"}', '{"kind": "statistic", "delta": -1}', '{"kind": "statistic", "delta": NaN}',
+    '{"kind": "statistic", "statistic": "vibes"}', '[1, 2]', 'not json',
+    '{"kind": "statistic", "overshoot_cap": 0.5}',
+])
+def test_plan_rejects_malformed_criteria_and_writes_nothing(cli, laws_path, tmp_path, content):
+    bad = tmp_path / "criterion.json"
+    bad.write_text(content)
+    out = tmp_path / "plan.json"
+    one_line_error(cli("plan", laws_path, "-p", "7e10", "--criterion", bad, "-o", out))
+    assert not out.exists()
+
+
+def test_plan_states_its_criterion(cli, laws_path, tmp_path):
+    crit = tmp_path / "c.json"
+    crit.write_text(json.dumps({"kind": "statistic", "statistic": "distortion", "delta": 0.01, "absolute": 0.08,
+                                "overshoot_cap": 1.25}))
+    out = tmp_path / "plan.json"
+    code, stdout, err = cli("plan", laws_path, "-p", "1e9", "--criterion", crit, "-o", out)
+    assert code == 0, err
+    assert "predicted distortion <= min(distortion(jordan x5) + 0.01, 0.08)" in " ".join(stdout.split())
+    d = json.loads(out.read_text())
+    assert d["criterion"]["delta"] == 0.01 and d["criterion"]["overshoot_cap"] == 1.25
+    code, stdout, _ = cli("plan", laws_path, "-p", "1e9", "--criterion", "lift-quantile")
+    assert code == 0 and "lift-quantile" in stdout
+
+
+def test_fit_finds_runs_at_any_depth(cli, sweep, tmp_path):
+    out = tmp_path / "laws.json"
+    code, _, err = cli("fit", sweep.parent, "-o", out, "--boot", "100")
+    assert code == 0, err
+    assert len(load_laws(out).runs) >= 4
+    empty = tmp_path / "empty" / "deeper"
+    empty.mkdir(parents=True)
+    assert "no run directories" in one_line_error(cli("fit", tmp_path / "empty", "-o", out))

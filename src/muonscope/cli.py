@@ -428,8 +428,9 @@ def demo(
     fit_cmd(runs=[out / "sweep"], out=out / "laws.json", quantile=None, source=None, rel_tol=0.1,
             level=0.95, n_boot=2000, seed=0)
     console.rule(f"3/4 NS plan for {target} parameters")
-    plan_cmd(laws_path=out / "laws.json", params=[target], quantile=0.5, rho=0.1, level=0.95,
-             names_from=out / "sweep" / f"{sizes[-1]}-muon-s0", max_steps=16, out=out / "plan.json")
+    plan_cmd(laws_path=out / "laws.json", params=[target], criterion="calibrated", quantile=0.5, rho=0.1,
+             level=0.95, names_from=out / "sweep" / f"{sizes[-1]}-muon-s0", max_steps=16, out=out / "plan.json",
+             verify=False, presets="", seeds="0", steps=0, threads=0)
     console.rule("4/4 report")
     report(runs=[out / "sweep"], out=out / "report.html", fmt="html", targets=f"1.2e8,7e9,{target},1e12",
            quantile=0.5, rho=0.1)

@@ -340,7 +340,9 @@ class Calibration:
                 "reference": ["jordan", 5], "overshoot_cap": self.overshoot_cap, "rho": 0.1, "source": source}
 
 
-PLANNABLE = ("distortion", "frac_failed")  # statistics the planner can predict from a spectrum
+# statistics the planner predicts from a law-predicted spectrum → the measured column calibrating each
+# (without the numerically null directions, which predicted spectra do not contain)
+PLANNABLE = {"distortion": "distortion_nonnull", "frac_failed": "frac_failed_nonnull"}
 
 
 def calibrate(df, preset: str) -> Calibration:
@@ -357,21 +359,22 @@ def calibrate(df, preset: str) -> Calibration:
     fitted = vs_exact[vs_exact.family != "plan"]
     noise = noise_level(fitted)
     rows = []
-    for stat in PLANNABLE:
-        xs, fit = monotone_fit(fitted[stat], fitted.dloss)
-        resid = float(np.sqrt(np.mean((fitted.sort_values(stat, kind="stable").dloss.to_numpy() - fit) ** 2)))
-        rows.append({"statistic": stat, "spearman": spearman(fitted[stat], fitted.dloss),
-                     "spearman_oracle": spearman(*_cols(fitted[fitted.family == "oracle"], stat)),
-                     "spearman_ns": spearman(*_cols(fitted[fitted.family != "oracle"], stat)),
+    for stat, col in PLANNABLE.items():
+        xs, fit = monotone_fit(fitted[col], fitted.dloss)
+        resid = float(np.sqrt(np.mean((fitted.sort_values(col, kind="stable").dloss.to_numpy() - fit) ** 2)))
+        rows.append({"statistic": stat, "measured_as": col, "spearman": spearman(fitted[col], fitted.dloss),
+                     "spearman_oracle": spearman(*_cols(fitted[fitted.family == "oracle"], col)),
+                     "spearman_ns": spearman(*_cols(fitted[fitted.family != "oracle"], col)),
                      "residual_rms": resid, "crossing": crossing(xs, fit, noise)})
     import pandas as pd
 
     ranking = pd.DataFrame(rows).sort_values(["spearman", "residual_rms"], ascending=[False, True])
     best = str(ranking.statistic.iloc[0])
+    col = PLANNABLE[best]
     absolute = float(ranking.crossing.iloc[0])
     ref = vs_ref[vs_ref.family != "plan"]
-    xs, fit = monotone_fit(ref[best], ref.dloss)
-    ref_stat = float(ref[ref.method == "jordan-5"][best].iloc[0])
+    xs, fit = monotone_fit(ref[col], ref.dloss)
+    ref_stat = float(ref[ref.method == "jordan-5"][col].iloc[0])
     delta = max(crossing(xs, fit, noise) - ref_stat, 0.0)
     cap = math.ceil(overshoot(get_schedule("jordan"), 5) * 100) / 100
     return Calibration(preset, vs_exact, vs_ref, noise, ranking, best, absolute,
@@ -410,7 +413,7 @@ def figures(cal: Calibration, out: Path) -> None:
               "reference": ("D", "black", "reference"), "plan": ("*", "tab:green", "plan")}
     t = cal.vs_exact
     fig, axes = plt.subplots(1, len(PLANNABLE), figsize=(5.2 * len(PLANNABLE), 4.0), squeeze=False)
-    for ax, stat in zip(axes[0], PLANNABLE, strict=True):
+    for ax, stat in zip(axes[0], PLANNABLE.values(), strict=True):
         for fam, (marker, color, label) in styles.items():
             g = t[t.family == fam]
             if len(g):

@@ -75,8 +75,11 @@ class Verification:
 
 
 def verify_plan(laws: Laws, criterion: Criterion, out, *, presets=("d48", "d64", "d96"), seeds=(0,),
-                steps: int = 600, runs=None, log=print, **plan_kwargs) -> Verification:
-    """Plan → train (plan and Jordan × 5, paired by seed) → refit on the plan's runs → plan again."""
+                steps: int = 600, runs=None, log=print, train_options: dict | None = None,
+                **plan_kwargs) -> Verification:
+    """Plan → train (plan and Jordan × 5, paired by seed) → refit on the plan's runs → plan again.
+
+    ``train_options`` override the calibration runs' TrainConfig; ``plan_kwargs`` go to make_plan."""
     import pandas as pd
 
     from muonscope.laws.fit import fit_laws
@@ -89,7 +92,7 @@ def verify_plan(laws: Laws, criterion: Criterion, out, *, presets=("d48", "d64",
     runs = Path(runs) if runs is not None else out / "runs"
     plans = write_plans(laws, presets, criterion, out / "plans", **plan_kwargs)
     method = f"plan:{out / 'plans' / PLAN_FILE}"
-    run_calibration(out, [method, REFERENCE], presets, seeds, steps=steps, runs=runs, log=log)
+    run_calibration(out, [method, REFERENCE], presets, seeds, steps=steps, runs=runs, log=log, **(train_options or {}))
     df = pd.read_csv(out / CSV_NAME)
     df = df[df.method.isin([method, REFERENCE]) & df.preset.isin(presets)]
     table = paired(df, REFERENCE)
