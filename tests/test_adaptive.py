@@ -116,7 +116,7 @@ def test_decision_applies_from_the_next_step_and_is_counted(rng):
     for _ in range(3):
         p.grad = torch.randn(24, 40, generator=rng)
         opt.step()
-    k = opt._controllers[0].steps_for("w")
+    k = opt.policies[0].steps_for("w")
     assert [e.orthogonalizer.steps for e in rec.events] == [5, k, k]
     assert opt.stats["layers"]["w"]["last_ns_flops"] == k * (4 * 24 * 24 * 40 + 2 * 24**3)
     assert opt.stats["layers"]["w"]["last_orthogonalizer"] == f"jordanx{k}"
@@ -235,7 +235,7 @@ def test_failed_share_bound_triggers_correction_per_matrix(rng):
     used = {(e.name, e.step): isinstance(e.orthogonalizer, HybridNS) for e in rec.events}
     assert all(used[("bad", t)] for t in range(1, 7))
     assert [t for t in range(1, 7) if used[("good", t)]] == [1, 4]
-    ctl = next(c for c in opt._controllers if isinstance(c, HybridControl))
+    ctl = next(c for c in opt.policies if isinstance(c, HybridControl))
     assert ctl.failed_share["bad"] == pytest.approx(0.5) and ctl.failed_share["good"] == 0.0
     for e in rec.events:
         if e.name == "bad":  # every direction of the corrected update reaches ≥ ρ
@@ -264,7 +264,7 @@ def test_controller_state_survives_checkpoints(rng):
     with torch.no_grad():
         p3.copy_(p2)
     o3.load_state_dict(sd)
-    assert o3._controllers[0].decisions == o2._controllers[0].decisions
+    assert o3.policies[0].decisions == o2.policies[0].decisions
     for g in grads[12:]:
         p3.grad = g.clone()
         o3.step()

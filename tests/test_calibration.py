@@ -12,8 +12,8 @@ import torch
 from muonscope.errors import ConfigError
 from muonscope.experiments import calibration as C
 from muonscope.orth import composed_map, newton_schulz, polar_exact
-from muonscope.orth.oracle import TopQExact, top_q_map
 from muonscope.orth.analysis import fidelity_stats
+from muonscope.orth.oracle import TopQExact, top_q_map
 
 
 def _matrix(m=24, n=40, seed=0):

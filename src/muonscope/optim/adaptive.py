@@ -1,10 +1,10 @@
-"""Orthogonalization controllers: per-matrix choices made from the spectra seen during training.
+"""Spectrum-driven orthogonalization policies (:class:`~muonscope.optim.policy.OrthPolicy`):
+per-matrix choices made from the spectra seen during training.
 
-A controller is an orth hook (``wants_spectrum(step)``, ``on_orthogonalize(event)``) that
-:class:`~muonscope.optim.Muon` also asks, for every matrix and step, which orthogonalizer to use:
-``select(name, step, orth, group) -> Orthogonalizer`` (``orth`` is what the group or plan gives).
-Choices only depend on spectra seen on earlier steps, so the cost of each call (and the
-accounting in ``optimizer.stats``) is known before the step runs.
+:class:`~muonscope.optim.Muon` asks each policy, for every matrix and step, which orthogonalizer to
+use: ``select(name, step, orth, group) -> Orthogonalizer`` (``orth`` is what the group, plan or an
+earlier policy gives). Choices only depend on spectra seen on earlier steps, so the cost of each
+call (and the accounting in ``optimizer.stats``) is known before the step runs.
 
 * :class:`AdaptiveSteps` (``Muon(…, ns_steps="adaptive", target_q=0.5, rho=0.1, max_steps=…)``):
   on sampled steps it reads the matrix's normalized spectrum and keeps, per matrix, the fewest
@@ -17,7 +17,7 @@ accounting in ``optimizer.stats``) is known before the step runs.
   the failed share of the bulk NS map, from the float64 spectrum of the matrix's last corrected
   call, exceeds ``bound``) and plain NS (``orth.bulk``) on the others.
 
-Decisions come from spectra seen by the rank that orthogonalized each matrix, so these controllers
+Decisions come from spectra seen by the rank that orthogonalized each matrix, so these policies
 are single-process: Muon refuses them under ``torch.distributed``.
 """
 
@@ -31,12 +31,12 @@ import torch
 
 from muonscope.conventions import quantile_rank
 from muonscope.errors import ConfigError
+from muonscope.optim.policy import ADAPTIVE, OrthPolicy
 from muonscope.orth.analysis import threshold
 from muonscope.orth.hybrid import HybridNS
 from muonscope.orth.orthogonalizers import NewtonSchulz, Orthogonalizer
 from muonscope.orth.schedules import Schedule
 
-ADAPTIVE = "adaptive"
 
 
 @lru_cache(maxsize=4096)
@@ -71,7 +71,7 @@ class Decision:
     switches: int = 0
 
 
-class AdaptiveSteps:
+class AdaptiveSteps(OrthPolicy):
     """Per-matrix NS step count from the monitored s_q (see the module docstring).
 
     Args:
@@ -132,7 +132,7 @@ class AdaptiveSteps:
         d = self.decisions.get(name)
         return None if d is None else d.steps
 
-    # --- controller protocol -------------------------------------------------------------------
+    # --- policy protocol -------------------------------------------------------------------
     def sampled(self, step: int) -> bool:
         return step == 1 or step % self.every == 0
 
@@ -172,7 +172,7 @@ class AdaptiveSteps:
                           for n, (a, b, c, d) in state.get("decisions", {}).items()}
 
 
-class HybridControl:
+class HybridControl(OrthPolicy):
     """Applies each :class:`HybridNS`'s correction policy per matrix (see the module docstring)."""
 
     def __init__(self, bounded: bool = False) -> None:

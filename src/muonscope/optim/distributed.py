@@ -54,6 +54,24 @@ def assign_owners(flops: Sequence[int], world: int) -> list[int]:
     return owners
 
 
+def share(works: Sequence, ctx: DistContext | None) -> tuple[list[int], list]:
+    """(owner rank of each work, the works this rank orthogonalizes); everything is local without ``ctx``."""
+    if not ctx:
+        return [0] * len(works), list(works)
+    owners = assign_owners([w.flops for w in works], ctx.world)
+    return owners, [w for w, r in zip(works, owners, strict=True) if r == ctx.rank]
+
+
+def gather_updates_(works: Sequence, owners: Sequence[int], ctx: DistContext | None) -> None:
+    """Give every work its update from its owner rank (nothing to do without ``ctx``)."""
+    if not ctx:
+        return
+    ups = all_gather_updates([w.update for w in works], [w.shape for w in works], [w.dtype for w in works],
+                             [w.device for w in works], owners, ctx)
+    for w, u in zip(works, ups, strict=True):
+        w.update = u
+
+
 def all_gather_updates(updates: list[torch.Tensor | None], shapes: Sequence[torch.Size],
                        dtypes: Sequence[torch.dtype], devices: Sequence[torch.device],
                        owners: Sequence[int], ctx: DistContext) -> list[torch.Tensor]:

@@ -1,16 +1,13 @@
-"""Muon: momentum, then an orthogonalized update, chosen per parameter group or per parameter.
+"""Muon: the stateful ``torch.optim.Optimizer`` shell over the functional step.
 
-For a weight W with gradient G, flattened to (out, rest) when it has more than two dims:
+State, configuration and math are separate: :mod:`muonscope.optim.functional` holds the math
+(momentum, NS input, batched orthogonalization, parameter update), :mod:`muonscope.optim.policy`
+decides which orthogonalizer each matrix gets, :mod:`muonscope.optim.distributed` decides which
+rank orthogonalizes what and gathers the results, and this class keeps param groups, state,
+hooks, statistics and checkpoints. One step reads::
 
-    B ← β·B + (1−β)·G   ("ema", as torch.optim.Muon)   or   B ← β·B + G   ("sum", heavy ball)
-    X = G + β·(B − G)… i.e. lerp(G, B, β) ("ema") or G + β·B ("sum") with Nesterov, else X = B
-    O = orth(X)          NS toward polar(X) = UVᵀ (or exact polar), optionally per row block
-    W ← W·(1 − lr·wd) − lr·scale(m, n)·O
-
-with scale "original" √max(1, m/n) or "match_rms_adamw" 0.2·√max(m, n), m×n the matrix actually
-orthogonalized (the flattened shape, or one row block). Same-shape matrices that share an
-orthogonalizer are batched into one NS call. Under ``torch.distributed`` the orthogonalization is
-split across ranks (see :mod:`muonscope.optim.distributed`).
+    grads → screen NaN/Inf → momentum → one Work per matrix (its orthogonalizer from the policies)
+          → this rank's share → orthogonalize (batched) → tell the hooks → gather → apply → account
 """
 
 from __future__ import annotations
@@ -19,7 +16,6 @@ import math
 import warnings
 from collections import OrderedDict
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -28,9 +24,12 @@ from torch.utils.hooks import RemovableHandle
 
 from muonscope.errors import ConfigError, MuonscopeError, NonFiniteError
 from muonscope.optim import distributed as D
-from muonscope.optim.adaptive import ADAPTIVE, AdaptiveSteps, HybridControl
+from muonscope.optim import functional as F
+from muonscope.optim.adaptive import AdaptiveSteps, HybridControl
+from muonscope.optim.functional import ADJUST_LR_FNS, MOMENTUM_FORMS, lr_ratio, nonfinite_mask
 from muonscope.optim.hooks import OrthEvent
 from muonscope.optim.plan import Plan, load_plan
+from muonscope.optim.policy import ADAPTIVE, check_policy, configured, policy_key
 from muonscope.orth.analysis import fidelity_stats
 from muonscope.orth.hybrid import HybridNS
 from muonscope.orth.matrix_ns import default_compute_dtype
@@ -38,19 +37,10 @@ from muonscope.orth.orthogonalizers import NewtonSchulz, Orthogonalizer, make_or
 from muonscope.orth.schedules import JORDAN, Schedule, get_schedule
 
 DEFAULT_NS_COEFFICIENTS = JORDAN
-ADJUST_LR_FNS = (None, "original", "match_rms_adamw", "none")
-MOMENTUM_FORMS = ("ema", "sum")
 NONFINITE_POLICIES = ("raise", "skip")
 FIDELITY_KEYS = ("distortion", "frac_failed", "frac_failed_50", "ns_out_max")  # in stats["layers"] on sampled steps
-
-
-def lr_ratio(adjust_lr_fn: str | None, rows: int, cols: int) -> float:
-    """lr multiplier for an orthogonalized rows×cols matrix."""
-    if adjust_lr_fn is None or adjust_lr_fn == "original":
-        return math.sqrt(max(1.0, rows / cols)) if cols else 1.0
-    if adjust_lr_fn == "match_rms_adamw":
-        return 0.2 * math.sqrt(max(rows, cols))
-    return 1.0
+__all__ = ["ADJUST_LR_FNS", "DEFAULT_NS_COEFFICIENTS", "FIDELITY_KEYS", "MOMENTUM_FORMS", "Muon",
+           "NONFINITE_POLICIES", "lr_ratio", "nonfinite_mask"]
 
 
 def _dtype_name(dtype) -> str | None:
@@ -79,60 +69,6 @@ def _schedule_value(value):
     return sched.to_dict()
 
 
-@dataclass
-class _Item:
-    """A parameter with a gradient this step."""
-
-    param: torch.Tensor
-    grad: torch.Tensor
-    group: dict
-    name: str
-
-
-@dataclass
-class _Work:
-    """One matrix to orthogonalize (a whole flattened parameter, or one row block of it).
-
-    The NS input is formed only by the rank that orthogonalizes it, right before its NS call
-    (:meth:`materialize`), so temporaries are reused bucket by bucket; ``matrix`` keeps it when
-    hooks need it (and holds the gathered full matrix of a DTensor parameter).
-    """
-
-    item: _Item
-    name: str
-    matrix: torch.Tensor | None
-    momentum: torch.Tensor | None
-    rows: slice | None
-    orth: Orthogonalizer
-    key: tuple
-    flops: int
-    lr_ratio: float
-    dtype: torch.dtype  # the orthogonalizer's compute dtype for NS (the update comes back in it)
-    shape: torch.Size
-    device: torch.device
-    source: tuple | None = None  # (grad rows, momentum rows, β, nesterov, form) when not yet formed
-    update: torch.Tensor | None = None
-    spectrum: torch.Tensor | None = None
-
-    def materialize(self) -> torch.Tensor:
-        if self.matrix is not None:
-            return self.matrix
-        g, b, beta, nesterov, form = self.source
-        return ns_input(g, b, beta, nesterov, form)
-
-    def materialize_into(self, out: torch.Tensor) -> None:
-        """Write the NS input into ``out`` (e.g. a bf16 batch slot): the elementwise op computes
-        in the inputs' dtype and rounds once on store, exactly as forming it and then casting."""
-        if self.matrix is not None or not self.source[3]:
-            out.copy_(self.materialize())
-            return
-        g, b, beta, _, form = self.source
-        if form == "ema":
-            torch.lerp(g, b, beta, out=out)
-        else:
-            torch.add(g, b, alpha=beta, out=out)
-
-
 class Muon(Optimizer):
     """Muon with per-group and per-parameter orthogonalization (a ``torch.optim.Optimizer``).
 
@@ -156,10 +92,11 @@ class Muon(Optimizer):
         ns_steps: steps per NS call, None (the schedule's default) or ``"adaptive"``: per matrix,
             the fewest steps whose failure threshold τ_ρ lies below the monitored s_q
             (``target_q``, ``rho``, at most ``max_steps``; see :mod:`muonscope.optim.adaptive`).
-        controllers: extra orthogonalization controllers (e.g. an ``AdaptiveSteps`` with its own
-            cadence and hysteresis, used instead of the one ``ns_steps="adaptive"`` builds).
-            ``orthogonalizer="hybrid"`` (or a ``HybridNS``) installs a ``HybridControl`` that
-            applies its correction policy per matrix. ``stats["layers"]`` holds per-matrix NS FLOPs
+        policies: orthogonalization policies (:mod:`muonscope.optim.policy`), asked in order
+            which orthogonalizer each matrix gets, e.g. an ``AdaptiveSteps`` with its own cadence
+            and hysteresis (used instead of the one ``ns_steps="adaptive"`` installs);
+            ``orthogonalizer="hybrid"`` (or a ``HybridNS``) installs a ``HybridControl``.
+            ``controllers`` is the former name of this argument. ``stats["layers"]`` holds per-matrix NS FLOPs
             and matrix products (cumulative and last step) of what was actually run and, from the
             last step on which a spectrum was computed (``fidelity_step``), the map's distortion
             D = mean (1 − p(sᵢ))², failed shares below 0.1 and 0.5 and its largest output.
@@ -193,6 +130,7 @@ class Muon(Optimizer):
         target_q: float = 0.5,
         rho: float = 0.1,
         max_steps: int | None = None,
+        policies: Sequence = (),
         controllers: Sequence = (),
     ) -> None:
         if nonfinite not in NONFINITE_POLICIES:
@@ -215,7 +153,8 @@ class Muon(Optimizer):
         if not params:
             raise ConfigError("Muon got an empty parameter list")
         super().__init__(params, defaults)
-        self._setup_controllers(target_q, rho, max_steps, controllers)
+        self._install_policies(target_q, rho, max_steps, [*policies, *controllers])
+        self._constructed = True
         if self.plan is not None:
             names = {name for name, _, _ in self.named_params()}
             unknown = sorted(set(self.plan.params) - names)
@@ -227,8 +166,8 @@ class Muon(Optimizer):
         self._orth_hooks: OrderedDict = OrderedDict()
         self._orth_cache: dict = {}
         self._muon_step = 0
-        self._controllers: list = []
-        self._pending_controller_state: dict = {}
+        self._policies: list = []
+        self._pending_policy_state: dict = {}
         self.stats = {"steps": 0, "skipped_nonfinite": 0, "ns_matmuls": 0, "ns_flops": 0, "layers": {},
                       "matrices": 0, "last_ns_matmuls": 0, "last_ns_flops": 0,
                       "last_local_ns_flops": 0, "last_skipped_nonfinite": 0, "last_matrices": 0}
@@ -284,6 +223,8 @@ class Muon(Optimizer):
         except Exception:
             self.param_groups.pop()
             raise
+        if getattr(self, "_constructed", False):  # a group added later may need a policy too
+            self._install_policies(0.5, 0.1, None, [])
 
     @staticmethod
     def _check_param(p: torch.Tensor, group: dict) -> None:
@@ -325,68 +266,55 @@ class Muon(Optimizer):
 
     # --- per-parameter orthogonalizer ----------------------------------------------------------
     def orthogonalizer_for(self, name: str, group: dict) -> tuple[Orthogonalizer, tuple]:
-        """The orthogonalizer (and its cache key) for parameter ``name`` in ``group``."""
-        dtype = group["ns_dtype"]
-        eps = float(group["eps"])
-        pp = self.plan.for_param(name) if self.plan is not None else None
-        if pp is not None:
-            kind, sched, steps = pp.orthogonalizer, pp.schedule, pp.steps
-        else:
-            kind = group["orthogonalizer"]
-            if isinstance(kind, Orthogonalizer):
-                return kind, ("instance", id(kind))
-            sched = group["schedule"]
-            if sched is None:
-                coeffs = tuple(group["ns_coefficients"])
-                sched = get_schedule("jordan") if coeffs == JORDAN else Schedule("custom", (coeffs,))
-            elif isinstance(sched, dict):
-                sched = Schedule.from_dict(sched)
-            else:
-                sched = get_schedule(sched)
-            steps = group["ns_steps"] if group["ns_steps"] not in (None, ADAPTIVE) else sched.default_steps
-        key = (kind, dtype) if kind == "exact" else (kind, sched, steps, dtype, eps)
-        orth = self._orth_cache.get(key)
-        if orth is None:
-            orth = make_orthogonalizer(kind, schedule=sched, steps=steps, eps=eps,
-                                       dtype=getattr(torch, dtype) if dtype else None)
-            self._orth_cache[key] = orth
-        return orth, key
+        """The configured orthogonalizer (and its cache key) for parameter ``name`` in ``group``:
+        its plan entry, else the group's options (policies may still replace it per step)."""
+        return configured(name, group, self.plan, self._orth_cache)
 
-    # --- controllers ---------------------------------------------------------------------------
-    def _setup_controllers(self, target_q, rho, max_steps, controllers) -> None:
-        extra = list(controllers or ())
+    # --- policies --------------------------------------------------------------------------------
+    def _install_policies(self, target_q, rho, max_steps, extra) -> None:
+        """Add ``extra`` and the policies the configuration needs: ``AdaptiveSteps`` for groups
+        with ``ns_steps="adaptive"``, ``HybridControl`` when a hybrid orthogonalizer may run."""
+        extra = list(extra)
+        have = [*self._policies, *extra]
         if any(g["ns_steps"] == ADAPTIVE for g in self.param_groups) and not any(
-                isinstance(c, AdaptiveSteps) for c in extra):
+                isinstance(c, AdaptiveSteps) for c in have):
             extra.insert(0, AdaptiveSteps(target_q, rho, max_steps))
         kinds = [g["orthogonalizer"] for g in self.param_groups]
         if self.plan is not None:
             kinds += [pp.orthogonalizer for pp in [*self.plan.params.values(), self.plan.default] if pp is not None]
         hybrids = [k for k in kinds if isinstance(k, HybridNS) or k == "hybrid"]
-        if hybrids and not any(isinstance(c, HybridControl) for c in extra):
+        if hybrids and not any(isinstance(c, HybridControl) for c in have):
             extra.append(HybridControl(bounded=any(not isinstance(k, HybridNS) or k.bound is not None for k in hybrids)))
         for c in extra:
-            self.add_controller(c)
+            self.add_policy(c)
 
-    def add_controller(self, controller) -> None:
-        """Ask ``controller.select(name, step, orth, group)`` for every matrix before each step's
-        orthogonalization (in order of addition); it is also registered as an orth hook."""
-        if not (callable(getattr(controller, "select", None)) and callable(getattr(controller, "wants_spectrum", None))
-                and callable(getattr(controller, "on_orthogonalize", None))):
-            raise ConfigError("a controller needs select(name, step, orth, group), wants_spectrum(step) and "
-                              "on_orthogonalize(event) methods")
-        state = self._pending_controller_state.pop(type(controller).__name__, None)
-        if state is not None and callable(getattr(controller, "load_state_dict", None)):
-            controller.load_state_dict(state)
-        self._controllers.append(controller)
-        self.register_orth_hook(controller)
+    def add_policy(self, policy) -> None:
+        """Ask ``policy.select(name, step, orth, group)`` for every matrix before each step's
+        orthogonalization (in order of addition); it also observes every orthogonalized matrix."""
+        check_policy(policy)
+        key = policy_key(policy)
+        if any(policy_key(p) == key for p in self._policies):
+            raise ConfigError(f"a policy with key {key!r} is installed already; give each policy a distinct .key")
+        state = self._pending_policy_state.pop(key, None)
+        if state is not None and callable(getattr(policy, "load_state_dict", None)):
+            policy.load_state_dict(state)
+        self._policies.append(policy)
+        self.register_orth_hook(policy)
 
-    def _control(self, name: str, orth: Orthogonalizer, key: tuple, group: dict) -> tuple[Orthogonalizer, tuple]:
-        if isinstance(orth, HybridNS) and not any(isinstance(c, HybridControl) for c in self._controllers):
-            self.add_controller(HybridControl())
-        for c in self._controllers:
-            new = c.select(name, self._muon_step + 1, orth, group)
+    add_controller = add_policy  # former name
+
+    @property
+    def policies(self) -> tuple:
+        """The installed orthogonalization policies, in the order they are asked."""
+        return tuple(self._policies)
+
+    def _choose(self, param: str, name: str, group: dict, step: int) -> tuple[Orthogonalizer, tuple]:
+        """Configured orthogonalizer of parameter ``param``, then each policy's say on matrix ``name``."""
+        orth, key = self.orthogonalizer_for(param, group)
+        for policy in self._policies:
+            new = policy.select(name, step, orth, group)
             if new is not orth:
-                orth, key = new, ("controlled", id(new))  # controllers keep their instances alive
+                orth, key = new, ("chosen", id(new))  # policies keep their instances alive
         return orth, key
 
     # --- the step ------------------------------------------------------------------------------
@@ -398,36 +326,115 @@ class Muon(Optimizer):
             with torch.enable_grad():
                 loss = closure()
         ctx = D.DistContext.detect(self._process_group, self._distributed)
-        if ctx and not all(getattr(c, "distributed_safe", False) for c in self._controllers):
+        if ctx and not all(getattr(c, "distributed_safe", False) for c in self._policies):
             raise ConfigError("adaptive steps and failed-share-triggered hybrid correction decide from spectra "
                               "seen on one rank; use them in single-process training (or hybrid with bound=None)")
+        step = self._muon_step + 1
         items = self._screen_nonfinite(self._collect(), ctx)
-        step_no = self._muon_step + 1
-        want = False
-        for hook in list(self._orth_hooks.values()):
-            want = bool(hook.wants_spectrum(step_no)) or want
-        works = self._momentum_and_matrices(items)
+        want = [bool(h.wants_spectrum(step)) for h in list(self._orth_hooks.values())]  # every hook is asked
+        works = self._works(items, step)
+        owners, local = D.share(works, ctx)
+        F.orthogonalize(local, any(want), retain=bool(self._orth_hooks))
+        self._notify(local, step, ctx.rank if ctx else 0)
+        D.gather_updates_(works, owners, ctx)
+        F.apply_updates(works)
+        self._account(works, local, step)
+        self._muon_step = step
+        return loss
 
-        owners = D.assign_owners([w.flops for w in works], ctx.world) if ctx else [0] * len(works)
-        rank = ctx.rank if ctx else 0
-        local = [w for w, r in zip(works, owners, strict=True) if r == rank]
-        self._orthogonalize(local, want, retain=bool(self._orth_hooks))
-        if self._orth_hooks:
-            for w in local:
-                w.momentum = w.momentum if w.momentum is not None else (w.source[1] if w.source else None)
-                event = OrthEvent(name=w.name, param=w.item.param, step=step_no, matrix=w.matrix,
-                                  momentum=w.momentum, spectrum=w.spectrum, orthogonalizer=w.orth,
-                                  update=w.update, process_rank=rank)
-                for hook in list(self._orth_hooks.values()):
-                    hook.on_orthogonalize(event)
-        if ctx:
-            ups = D.all_gather_updates(
-                [w.update for w in works], [w.shape for w in works],
-                [w.dtype for w in works], [w.device for w in works], owners, ctx)
-            for w, u in zip(works, ups, strict=True):
-                w.update = u
-        self._apply(works)
+    def _collect(self) -> list[tuple[str, torch.Tensor, dict]]:
+        items = []
+        for name, p, group in self.named_params():
+            if p.grad is None:
+                continue
+            if p.grad.is_sparse:
+                raise ConfigError(f"parameter {name!r} has a sparse gradient; Muon needs dense gradients")
+            items.append((name, p, group))
+        return items
 
+    def _screen_nonfinite(self, items: list, ctx) -> list:
+        self.stats["last_skipped_nonfinite"] = 0
+        if not items:
+            return items
+        bad = nonfinite_mask([p.grad for _, p, _ in items], ctx)
+        if not any(bad):
+            return items
+        names = [name for (name, _, _), b in zip(items, bad, strict=True) if b]
+        if self.nonfinite == "raise":
+            raise NonFiniteError(
+                f"non-finite gradient (NaN/Inf) in {len(names)} parameter(s): {', '.join(names[:5])}"
+                f"{' …' if len(names) > 5 else ''}; nothing was updated. Check the loss and lr, "
+                "or construct the optimizer with nonfinite='skip'")
+        self.stats["skipped_nonfinite"] += len(names)
+        self.stats["last_skipped_nonfinite"] = len(names)
+        return [it for it, b in zip(items, bad, strict=True) if not b]
+
+    def _works(self, items: list, step: int) -> list[F.Work]:
+        """Momentum update per group (one multi-tensor op), then one Work per matrix."""
+        by_group: dict[int, list] = {}
+        for it in items:
+            by_group.setdefault(id(it[2]), []).append(it)
+        works: list[F.Work] = []
+        for group_items in by_group.values():
+            group = group_items[0][2]
+            bufs = []
+            for _, p, _ in group_items:
+                state = self.state[p]
+                if "momentum_buffer" not in state:
+                    state["momentum_buffer"] = torch.zeros_like(p.grad, memory_format=torch.preserve_format)
+                bufs.append(state["momentum_buffer"])
+            F.momentum_(bufs, [p.grad for _, p, _ in group_items], float(group["momentum"]), group["momentum_form"])
+            for (name, p, _), buf in zip(group_items, bufs, strict=True):
+                works.extend(self._matrix_works(name, p, buf, group, step))
+        return works
+
+    def _matrix_works(self, name: str, p: torch.Tensor, buf: torch.Tensor, group: dict, step: int) -> list[F.Work]:
+        """The matrices of one parameter: flattened to (out, rest), optionally split in row blocks."""
+        if D.is_dtensor(buf):  # gathering is a collective: every rank forms the full matrix now
+            beta, nesterov, form = float(group["momentum"]), bool(group["nesterov"]), group["momentum_form"]
+            x = F.ns_input(p.grad, buf, beta, nesterov, form)
+            X = D.full_tensor(x)
+            M = X if x is buf else (D.full_tensor(buf) if self._orth_hooks else None)
+            X2, G2, M2 = X.flatten(1), None, (M.flatten(1) if M is not None else None)
+        else:
+            X2, G2, M2 = None, p.grad.flatten(1), buf.flatten(1)
+        rows, cols = p.shape[0], math.prod(p.shape[1:])
+        split = group["split"]
+        if split is None:
+            blocks = [(name, None)]
+        else:
+            sizes = [rows // split] * split if isinstance(split, int) else list(split)
+            starts = [sum(sizes[:i]) for i in range(len(sizes))]
+            blocks = [(f"{name}[block {i}]", slice(s, s + k)) for i, (s, k) in enumerate(zip(starts, sizes, strict=True))]
+        out = []
+        for block, sl in blocks:
+            def rows_of(t, sl=sl):
+                return None if t is None else (t if sl is None else t[sl])
+
+            r = rows if sl is None else sl.stop - sl.start
+            orth, key = self._choose(name, block, group, step)
+            dev = p.grad.device
+            dt = X2.dtype if X2 is not None else buf.dtype
+            cdt = (orth.dtype or default_compute_dtype(dev)) if isinstance(orth, NewtonSchulz) else dt
+            out.append(F.Work(p, group, block, rows_of(X2), rows_of(M2), sl, orth, key, int(orth.flops(r, cols)),
+                              lr_ratio(group["adjust_lr_fn"], r, cols), cdt, torch.Size((r, cols)), dev,
+                              grad=rows_of(G2)))
+        return out
+
+    def _notify(self, works: list[F.Work], step: int, rank: int) -> None:
+        """Tell every hook (and policy) about each matrix this rank orthogonalized."""
+        if not self._orth_hooks:
+            return
+        hooks = list(self._orth_hooks.values())
+        for w in works:
+            event = OrthEvent(name=w.name, param=w.param, step=step, matrix=w.matrix, momentum=w.momentum,
+                              spectrum=w.spectrum, orthogonalizer=w.orth, update=w.update, process_rank=rank)
+            for hook in hooks:
+                hook.on_orthogonalize(event)
+
+    def _account(self, works: list[F.Work], local: list[F.Work], step: int) -> None:
+        """Cost of what was run (all matrices and this rank's), per matrix and in total, and the
+        fidelity of the map used on matrices whose spectrum was computed."""
         st = self.stats
         flops = sum(w.flops for w in works)
         mm = sum(w.orth.matmuls() for w in works)
@@ -443,166 +450,7 @@ class Muon(Optimizer):
             if w.spectrum is not None and w.spectrum.numel():  # sampled step: fidelity of the map used
                 sv = w.spectrum.detach().cpu().numpy()
                 fid = fidelity_stats(sv, np.asarray(w.orth.scalar_map(sv), dtype=np.float64))
-                e.update({k: fid[k] for k in FIDELITY_KEYS}, fidelity_step=step_no)
-        self._muon_step = step_no
-        return loss
-
-    def _collect(self) -> list[_Item]:
-        items = []
-        for name, p, group in self.named_params():
-            g = p.grad
-            if g is None:
-                continue
-            if g.is_sparse:
-                raise ConfigError(f"parameter {name!r} has a sparse gradient; Muon needs dense gradients")
-            items.append(_Item(p, g, group, name))
-        return items
-
-    def _screen_nonfinite(self, items: list[_Item], ctx) -> list[_Item]:
-        self.stats["last_skipped_nonfinite"] = 0
-        if not items:
-            return items
-        bad = nonfinite_mask([it.grad for it in items], ctx)
-        if not any(bad):
-            return items
-        names = [it.name for it, b in zip(items, bad, strict=True) if b]
-        if self.nonfinite == "raise":
-            raise NonFiniteError(
-                f"non-finite gradient (NaN/Inf) in {len(names)} parameter(s): {', '.join(names[:5])}"
-                f"{' …' if len(names) > 5 else ''}; nothing was updated. Check the loss and lr, "
-                "or construct the optimizer with nonfinite='skip'")
-        self.stats["skipped_nonfinite"] += len(names)
-        self.stats["last_skipped_nonfinite"] = len(names)
-        return [it for it, b in zip(items, bad, strict=True) if not b]
-
-    def _momentum_and_matrices(self, items: list[_Item]) -> list[_Work]:
-        works: list[_Work] = []
-        by_group: dict[int, list[_Item]] = {}
-        for it in items:
-            by_group.setdefault(id(it.group), []).append(it)
-        for group_items in by_group.values():
-            group = group_items[0].group
-            beta = float(group["momentum"])
-            grads = [it.grad for it in group_items]
-            bufs = []
-            for it in group_items:
-                state = self.state[it.param]
-                if "momentum_buffer" not in state:
-                    state["momentum_buffer"] = torch.zeros_like(it.grad, memory_format=torch.preserve_format)
-                bufs.append(state["momentum_buffer"])
-            _momentum_(bufs, grads, beta, group["momentum_form"])
-            for it, buf in zip(group_items, bufs, strict=True):
-                works.extend(self._works_for(it, buf))
-        return works
-
-    def _works_for(self, it: _Item, buf: torch.Tensor) -> list[_Work]:
-        group = it.group
-        beta, nesterov, form = float(group["momentum"]), bool(group["nesterov"]), group["momentum_form"]
-        if D.is_dtensor(buf):  # gathering is a collective: every rank forms the full matrix now
-            x = ns_input(it.grad, buf, beta, nesterov, form)
-            X = D.full_tensor(x)
-            M = X if x is buf else (D.full_tensor(buf) if self._orth_hooks else None)
-            X2, G2 = X.flatten(1), None
-            M2 = M.flatten(1) if M is not None else None
-        else:
-            X2, G2, M2 = None, it.grad.flatten(1), buf.flatten(1)
-        rows = it.param.shape[0]
-        cols = math.prod(it.param.shape[1:])
-        orth, key = self.orthogonalizer_for(it.name, group)
-        split = group["split"]
-        if split is None:
-            blocks = [(it.name, None)]
-        else:
-            sizes = [rows // split] * split if isinstance(split, int) else list(split)
-            starts = [sum(sizes[:i]) for i in range(len(sizes))]
-            blocks = [(f"{it.name}[block {i}]", slice(s, s + k))
-                      for i, (s, k) in enumerate(zip(starts, sizes, strict=True))]
-        out = []
-        def rows_of(t):
-            return None if t is None else (t if sl is None else t[sl])
-
-        for name, sl in blocks:
-            r = rows if sl is None else sl.stop - sl.start
-            Xb, Mb = rows_of(X2), rows_of(M2)
-            source = None if G2 is None else (rows_of(G2), Mb, beta, nesterov, form)
-            orth_b, key_b = self._control(name, orth, key, group)
-            dev, dt = it.grad.device, (Xb.dtype if Xb is not None else buf.dtype)
-            cdt = (orth_b.dtype or default_compute_dtype(dev)) if isinstance(orth_b, NewtonSchulz) else dt
-            out.append(_Work(it, name, Xb, Mb, sl, orth_b, key_b, int(orth_b.flops(r, cols)),
-                             lr_ratio(group["adjust_lr_fn"], r, cols), cdt, torch.Size((r, cols)), dev, source))
-        return out
-
-    @staticmethod
-    def _orthogonalize(works: list[_Work], want_spectrum: bool, retain: bool = False) -> None:
-        """Fill ``update`` (and ``spectrum``): one batched call per (orthogonalizer, shape) bucket.
-
-        With ``retain`` each work keeps its NS input in ``matrix`` (for hooks)."""
-        buckets: dict[tuple, list[tuple[_Work, bool]]] = {}
-        for w in works:
-            m, n = w.shape
-            if m * n == 0:  # nothing to orthogonalize
-                w.update = torch.zeros(w.shape, dtype=w.dtype, device=w.device)
-                w.spectrum = torch.zeros(min(m, n), dtype=torch.float64) if want_spectrum else None
-                if retain:
-                    w.matrix = w.materialize()
-                continue
-            key = (w.key, min(m, n), max(m, n), w.dtype, w.device)
-            buckets.setdefault(key, []).append((w, m > n))
-        for bucket in buckets.values():
-            orth = bucket[0][0].orth
-            # NS casts its input to the compute dtype first: cast here instead (while stacking) and
-            # keep the update in that dtype, as torch.optim.Muon does; the parameter update adds it
-            # in the parameter's dtype.
-            first, cdt = bucket[0][0], bucket[0][0].dtype
-            if retain:  # hooks see each NS input as formed, in its own dtype
-                for w, _ in bucket:
-                    w.matrix = w.materialize()
-            if len(bucket) == 1:
-                X = first.matrix
-                if X is None and (not first.source[3] or first.source[0].dtype == cdt):
-                    X = first.materialize()  # the momentum view itself, or formed in its dtype
-                if X is None or X.dtype != cdt:
-                    X = torch.empty(first.shape, dtype=cdt, device=first.device)
-                    first.materialize_into(X)
-                first.update, first.spectrum = orth(X, want_spectrum=want_spectrum)
-            else:
-                m, n = first.shape[::-1] if bucket[0][1] else first.shape
-                G = torch.empty((len(bucket), m, n), dtype=cdt, device=first.device)
-                for i, (w, t) in enumerate(bucket):
-                    w.materialize_into(G[i].mT if t else G[i])
-                O, S = orth(G, want_spectrum=want_spectrum)
-                for i, (w, t) in enumerate(bucket):
-                    w.update = O[i].mT if t else O[i]
-                    w.spectrum = S[i] if S is not None else None
-            if want_spectrum:
-                for w, _ in bucket:
-                    if w.spectrum is not None:
-                        w.spectrum = w.spectrum.to(torch.float64)
-
-    def _apply(self, works: list[_Work]) -> None:
-        """W ← W·(1 − lr·wd) − lr·scale·O on each parameter's local data."""
-        by_param: dict[int, list[_Work]] = {}
-        for w in works:
-            by_param.setdefault(id(w.item.param), []).append(w)
-        for pw in by_param.values():
-            it = pw[0].item
-            p, group = it.param, it.group
-            lr = float(group["lr"])
-            wd = float(group["weight_decay"])
-            local = D.local_part(p)
-            if wd != 0.0:
-                local.mul_(1 - lr * wd)
-            if pw[0].rows is None:
-                w = pw[0]
-                U = D.shard_like(w.update.reshape(p.shape), p)
-                local.add_(U, alpha=-(lr * w.lr_ratio))
-            elif not D.is_dtensor(p) and p.is_contiguous():
-                view = p.flatten(1)
-                for w in pw:
-                    view[w.rows].add_(w.update, alpha=-(lr * w.lr_ratio))
-            else:
-                U = torch.cat([w.update.to(p.dtype) * w.lr_ratio for w in pw]).reshape(p.shape)
-                local.add_(D.shard_like(U, p), alpha=-lr)
+                e.update({k: fid[k] for k in FIDELITY_KEYS}, fidelity_step=step)
 
     # --- checkpoints ---------------------------------------------------------------------------
     def state_dict(self) -> dict:
@@ -612,7 +460,7 @@ class Muon(Optimizer):
             if isinstance(g.get("orthogonalizer"), Orthogonalizer):
                 g["orthogonalizer"] = g["orthogonalizer"].kind
         sd["muonscope"] = {"step": self._muon_step, "stats": dict(self.stats), "controllers": {
-            type(c).__name__: c.state_dict() for c in self._controllers if callable(getattr(c, "state_dict", None))}}
+            policy_key(c): c.state_dict() for c in self._policies if callable(getattr(c, "state_dict", None))}}
         return sd
 
     def load_state_dict(self, state_dict: dict) -> None:
@@ -631,16 +479,16 @@ class Muon(Optimizer):
         if extra:
             self._muon_step = int(extra.get("step", 0))
             self.stats.update(extra.get("stats", {}))
-            self._pending_controller_state.update(extra.get("controllers", {}))
-            for c in self._controllers:
-                state = self._pending_controller_state.pop(type(c).__name__, None)
+            self._pending_policy_state.update(extra.get("controllers", {}))
+            for c in self._policies:
+                state = self._pending_policy_state.pop(policy_key(c), None)
                 if state is not None and callable(getattr(c, "load_state_dict", None)):
                     c.load_state_dict(state)
 
     def __getstate__(self) -> dict:
         state = super().__getstate__()
         state.update(nonfinite=self.nonfinite, plan=self.plan, _distributed=self._distributed,
-                     _muon_step=self._muon_step, stats=dict(self.stats), controllers=list(self._controllers))
+                     _muon_step=self._muon_step, stats=dict(self.stats), controllers=list(self._policies))
         return state
 
     def __setstate__(self, state: dict) -> None:
@@ -659,49 +507,5 @@ class Muon(Optimizer):
         if stats:
             self.stats.update(stats)
         for c in controllers:
-            self.add_controller(c)
+            self.add_policy(c)
 
-
-def nonfinite_mask(grads: list[torch.Tensor], ctx=None) -> list[bool]:
-    """Which gradients hold a NaN/Inf (on any rank: every rank takes the same decision).
-
-    Screened by one multi-tensor 2-norm over the local data (NaN/Inf make it non-finite; it is
-    the fastest reduction); a non-finite norm is confirmed entry-wise, since squares of huge
-    finite values can overflow too.
-    """
-    if not grads:
-        return []
-    local = [D.local_part(g) for g in grads]
-    norms = torch._foreach_norm(local)
-    device = norms[0].device
-    bad = torch.logical_not(torch.isfinite(torch.stack([v.float().to(device) for v in norms])))
-    if bad.any():
-        for i in torch.nonzero(bad).flatten().tolist():
-            bad[i] = not bool(torch.isfinite(local[i]).all())
-    bad = bad.to(torch.int32)
-    if ctx:
-        bad = ctx.all_reduce_max_(bad)
-    return [bool(b) for b in bad.tolist()]
-
-
-def ns_input(g: torch.Tensor, b: torch.Tensor, beta: float, nesterov: bool, form: str) -> torch.Tensor:
-    """The NS input from gradient and (updated) momentum: B itself, or with Nesterov
-    lerp(G, B, β) ("ema") / G + β·B ("sum")."""
-    if not nesterov:
-        return b
-    return g.lerp(b, beta) if form == "ema" else g.add(b, alpha=beta)
-
-
-def _momentum_(bufs: list[torch.Tensor], grads: list[torch.Tensor], beta: float, form: str) -> None:
-    """Update momentum buffers in place: "ema" B ← lerp(B, G, 1−β); "sum" B ← βB + G."""
-    if any(D.is_dtensor(b) for b in bufs):
-        for b, g in zip(bufs, grads, strict=True):
-            if form == "ema":
-                b.lerp_(g, 1 - beta)
-            else:
-                b.mul_(beta).add_(g)
-    elif form == "ema":
-        torch._foreach_lerp_(bufs, grads, 1 - beta)
-    else:
-        torch._foreach_mul_(bufs, beta)
-        torch._foreach_add_(bufs, grads)

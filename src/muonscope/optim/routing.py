@@ -21,7 +21,8 @@ from torch.optim import Optimizer
 
 from muonscope.errors import ConfigError, NonFiniteError
 from muonscope.optim import distributed as D
-from muonscope.optim.muon import DEFAULT_NS_COEFFICIENTS, NONFINITE_POLICIES, Muon, nonfinite_mask
+from muonscope.optim.functional import nonfinite_mask
+from muonscope.optim.muon import DEFAULT_NS_COEFFICIENTS, NONFINITE_POLICIES, Muon
 
 HEAD_NAMES = ("lm_head", "head", "classifier", "fc", "output", "score", "logits")
 

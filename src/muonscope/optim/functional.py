@@ -1,0 +1,212 @@
+"""The Muon step as plain functions of tensors (BRIEF §1).
+
+For a weight W (flattened to (out, rest) when it has more than two dims) with gradient G:
+
+    B ← lerp(B, G, 1−β)  ("ema", torch.optim.Muon)   or   B ← β·B + G  ("sum", heavy ball)
+    X = lerp(G, B, β) ("ema") or G + β·B ("sum") with Nesterov, else X = B
+    O = orth(X)                                      NS toward polar(X) = UVᵀ, or exact polar
+    W ← W·(1 − lr·wd) − lr·scale(m, n)·O
+
+with scale "original" √max(1, m/n) or "match_rms_adamw" 0.2·√max(m, n) for the m×n matrix that
+is orthogonalized (the flattened parameter or one row block of it).
+
+:func:`muon_update` is the whole algorithm for one matrix. The optimizer runs the same math on
+many matrices at once: :func:`momentum_` (one multi-tensor op), :class:`Work` (one matrix to
+orthogonalize, its NS input formed lazily), :func:`orthogonalize` (one batched call per bucket of
+same-shape matrices sharing an orthogonalizer) and :func:`apply_updates`.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from muonscope.optim import distributed as D
+from muonscope.orth.orthogonalizers import Orthogonalizer
+
+ADJUST_LR_FNS = (None, "original", "match_rms_adamw", "none")
+MOMENTUM_FORMS = ("ema", "sum")
+
+
+def lr_ratio(adjust_lr_fn: str | None, rows: int, cols: int) -> float:
+    """lr multiplier for an orthogonalized rows×cols matrix."""
+    if adjust_lr_fn is None or adjust_lr_fn == "original":
+        return math.sqrt(max(1.0, rows / cols)) if cols else 1.0
+    if adjust_lr_fn == "match_rms_adamw":
+        return 0.2 * math.sqrt(max(rows, cols))
+    return 1.0
+
+
+def momentum_(bufs: list[torch.Tensor], grads: list[torch.Tensor], beta: float, form: str) -> None:
+    """Update momentum buffers in place: "ema" B ← lerp(B, G, 1−β); "sum" B ← βB + G."""
+    if any(D.is_dtensor(b) for b in bufs):
+        for b, g in zip(bufs, grads, strict=True):
+            if form == "ema":
+                b.lerp_(g, 1 - beta)
+            else:
+                b.mul_(beta).add_(g)
+    elif form == "ema":
+        torch._foreach_lerp_(bufs, grads, 1 - beta)
+    else:
+        torch._foreach_mul_(bufs, beta)
+        torch._foreach_add_(bufs, grads)
+
+
+def ns_input(g: torch.Tensor, b: torch.Tensor, beta: float, nesterov: bool, form: str) -> torch.Tensor:
+    """The NS input from gradient and (updated) momentum: B itself, or with Nesterov
+    lerp(G, B, β) ("ema") / G + β·B ("sum")."""
+    if not nesterov:
+        return b
+    return g.lerp(b, beta) if form == "ema" else g.add(b, alpha=beta)
+
+
+def muon_update(grad: torch.Tensor, buf: torch.Tensor, orth: Orthogonalizer, *, beta: float = 0.95,
+                nesterov: bool = True, form: str = "ema", adjust_lr_fn: str | None = None) -> torch.Tensor:
+    """One matrix's Muon direction scale·orth(X) (``buf`` updated in place); W ← W·(1 − lr·wd) − lr·it."""
+    momentum_([buf], [grad], beta, form)
+    X = ns_input(grad, buf, beta, nesterov, form).flatten(1)
+    O, _ = orth(X)
+    return O.reshape(grad.shape).to(grad.dtype) * lr_ratio(adjust_lr_fn, X.shape[0], X.shape[1])
+
+
+@dataclass
+class Work:
+    """One matrix to orthogonalize: a whole flattened parameter, or one row block of it.
+
+    The NS input is formed only by the rank that orthogonalizes it, right before its NS call
+    (:meth:`materialize`), so temporaries are reused bucket by bucket; ``matrix`` keeps it when
+    hooks need it (and holds the gathered full matrix of a DTensor parameter).
+    """
+
+    param: torch.Tensor
+    group: dict
+    name: str
+    matrix: torch.Tensor | None
+    momentum: torch.Tensor | None
+    rows: slice | None
+    orth: Orthogonalizer
+    key: tuple
+    flops: int
+    lr_ratio: float
+    dtype: torch.dtype  # the orthogonalizer's compute dtype (the update comes back in it)
+    shape: torch.Size
+    device: torch.device
+    grad: torch.Tensor | None = None  # rows of the flattened gradient while the input is not formed
+    update: torch.Tensor | None = None
+    spectrum: torch.Tensor | None = None
+
+    @property
+    def _recipe(self) -> tuple[float, bool, str]:
+        g = self.group
+        return float(g["momentum"]), bool(g["nesterov"]), g["momentum_form"]
+
+    def materialize(self) -> torch.Tensor:
+        if self.matrix is not None:
+            return self.matrix
+        return ns_input(self.grad, self.momentum, *self._recipe)
+
+    def materialize_into(self, out: torch.Tensor) -> None:
+        """Write the NS input into ``out`` (e.g. a bf16 batch slot): the elementwise op computes
+        in the inputs' dtype and rounds once on store, exactly as forming it and then casting."""
+        beta, nesterov, form = self._recipe
+        if self.matrix is not None or not nesterov:
+            out.copy_(self.materialize())
+        elif form == "ema":
+            torch.lerp(self.grad, self.momentum, beta, out=out)
+        else:
+            torch.add(self.grad, self.momentum, alpha=beta, out=out)
+
+    def input_in(self, dtype: torch.dtype) -> torch.Tensor:
+        """The NS input in ``dtype``: the momentum view itself when possible, else formed once."""
+        if self.matrix is None and (not self._recipe[1] or self.grad.dtype == dtype):
+            X = self.materialize()
+        else:
+            X = self.matrix
+        if X is None or X.dtype != dtype:
+            X = torch.empty(self.shape, dtype=dtype, device=self.device)
+            self.materialize_into(X)
+        return X
+
+
+def orthogonalize(works: list[Work], want_spectrum: bool, retain: bool = False) -> None:
+    """Fill each work's ``update`` (and ``spectrum``): one batched call per (orthogonalizer, shape)
+    bucket, transposed so rows ≤ cols. NS inputs are cast to the compute dtype while stacking and
+    updates stay in it, as torch.optim.Muon does. With ``retain`` each work keeps its NS input in
+    ``matrix`` (for hooks)."""
+    buckets: dict[tuple, list[tuple[Work, bool]]] = {}
+    for w in works:
+        m, n = w.shape
+        if m * n == 0:  # nothing to orthogonalize
+            w.update = torch.zeros(w.shape, dtype=w.dtype, device=w.device)
+            w.spectrum = torch.zeros(min(m, n), dtype=torch.float64) if want_spectrum else None
+            if retain:
+                w.matrix = w.materialize()
+            continue
+        buckets.setdefault((w.key, min(m, n), max(m, n), w.dtype, w.device), []).append((w, m > n))
+    for bucket in buckets.values():
+        first = bucket[0][0]
+        if retain:  # hooks see each NS input as formed, in its own dtype
+            for w, _ in bucket:
+                w.matrix = w.materialize()
+        if len(bucket) == 1:
+            first.update, first.spectrum = first.orth(first.input_in(first.dtype), want_spectrum=want_spectrum)
+        else:
+            m, n = first.shape[::-1] if bucket[0][1] else first.shape
+            G = torch.empty((len(bucket), m, n), dtype=first.dtype, device=first.device)
+            for i, (w, t) in enumerate(bucket):
+                w.materialize_into(G[i].mT if t else G[i])
+            O, S = first.orth(G, want_spectrum=want_spectrum)
+            for i, (w, t) in enumerate(bucket):
+                w.update = O[i].mT if t else O[i]
+                w.spectrum = S[i] if S is not None else None
+        if want_spectrum:
+            for w, _ in bucket:
+                if w.spectrum is not None:
+                    w.spectrum = w.spectrum.to(torch.float64)
+
+
+def apply_updates(works: list[Work]) -> None:
+    """W ← W·(1 − lr·wd) − lr·scale·O on each parameter's local data."""
+    by_param: dict[int, list[Work]] = {}
+    for w in works:
+        by_param.setdefault(id(w.param), []).append(w)
+    for pw in by_param.values():
+        p, group = pw[0].param, pw[0].group
+        lr, wd = float(group["lr"]), float(group["weight_decay"])
+        local = D.local_part(p)
+        if wd != 0.0:
+            local.mul_(1 - lr * wd)
+        if pw[0].rows is None:
+            w = pw[0]
+            local.add_(D.shard_like(w.update.reshape(p.shape), p), alpha=-(lr * w.lr_ratio))
+        elif not D.is_dtensor(p) and p.is_contiguous():
+            view = p.flatten(1)
+            for w in pw:
+                view[w.rows].add_(w.update, alpha=-(lr * w.lr_ratio))
+        else:
+            U = torch.cat([w.update.to(p.dtype) * w.lr_ratio for w in pw]).reshape(p.shape)
+            local.add_(D.shard_like(U, p), alpha=-lr)
+
+
+def nonfinite_mask(grads: list[torch.Tensor], ctx=None) -> list[bool]:
+    """Which gradients hold a NaN/Inf (on any rank: every rank takes the same decision).
+
+    Screened by one multi-tensor 2-norm over the local data (NaN/Inf make it non-finite; it is
+    the fastest reduction); a non-finite norm is confirmed entry-wise, since squares of huge
+    finite values can overflow too.
+    """
+    if not grads:
+        return []
+    local = [D.local_part(g) for g in grads]
+    norms = torch._foreach_norm(local)
+    device = norms[0].device
+    bad = torch.logical_not(torch.isfinite(torch.stack([v.float().to(device) for v in norms])))
+    if bad.any():
+        for i in torch.nonzero(bad).flatten().tolist():
+            bad[i] = not bool(torch.isfinite(local[i]).all())
+    bad = bad.to(torch.int32)
+    if ctx:
+        bad = ctx.all_reduce_max_(bad)
+    return [bool(b) for b in bad.tolist()]
