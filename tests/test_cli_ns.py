@@ -25,3 +25,15 @@ def test_ns_bad_arguments_one_line_exit_2():
         assert r.returncode == 2, (args, r.stdout, r.stderr)
         lines = r.stderr.strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith("muonscope: error:"), (args, r.stderr)
+
+
+def test_ns_table_is_a_pure_function():
+    from rich.console import Console
+
+    from muonscope.cli.ns import ns_table
+    from muonscope.orth.schedules import get_schedule
+
+    console = Console(width=200, record=True)
+    console.print(ns_table([(get_schedule("jordan"), 5), (get_schedule("classical"), 5)], [0.1], (1024, 4096), 1e-3))
+    text = console.export_text()
+    assert "0.000207" in text and "0.00313" in text and "96.64" in text

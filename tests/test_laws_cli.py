@@ -155,3 +155,14 @@ def test_fit_finds_runs_at_any_depth(cli, sweep, tmp_path):
     empty = tmp_path / "empty" / "deeper"
     empty.mkdir(parents=True)
     assert "no run directories" in one_line_error(cli("fit", tmp_path / "empty", "-o", out))
+
+
+def test_fit_table_is_a_pure_function(laws_path):
+    from rich.console import Console
+
+    from muonscope.cli.laws import fit_table
+
+    console = Console(width=200, record=True)
+    console.print(fit_table(load_laws(laws_path)))
+    text = console.export_text()
+    assert "mlp_up" in text and "0.6" in text and "4 sizes" in text

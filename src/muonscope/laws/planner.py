@@ -27,7 +27,7 @@ from functools import lru_cache
 import numpy as np
 import pandas as pd
 
-from muonscope.conventions import FAILURE_RHO
+from muonscope.conventions import FAILURE_RHO, PLAN_FORMAT, TARGET_SIZES
 from muonscope.errors import ConfigError
 from muonscope.laws.criterion import (
     LIFT_MEDIAN,
@@ -43,7 +43,6 @@ from muonscope.laws.powerlaw import Prediction
 from muonscope.orth.analysis import ns_matmuls, threshold
 from muonscope.orth.schedules import BUILTIN_NAMES, Schedule, get_schedule
 
-PLAN_FORMAT = "muonscope.plan/1"
 FAMILIES = ("jordan", "polar-express", "designed")
 _BLOCK_SUFFIX = re.compile(r"\s*\[block \d+\]\s*$")
 _MIN_ELL = 1e-11  # thresholds are resolved on [1e-12, 1]
@@ -114,7 +113,7 @@ class LayerChoice:
         return {"schedule": self.schedule.name, "steps": self.steps, "layer_type": self.layer_type}
 
 
-def plan_options(ell: float, rho: float = 0.1, *, families: Sequence[str] = FAMILIES,
+def plan_options(ell: float, rho: float = FAILURE_RHO, *, families: Sequence[str] = FAMILIES,
                  max_steps: int = 16, safety: float = 1.01) -> tuple[Option, ...]:
     """Fewest steps per family with τ_ρ(k) ≤ ℓ (none below 1e-11, where thresholds are not resolved)."""
     if not (ell <= 1) or math.isnan(ell):
@@ -138,7 +137,7 @@ def plan_options(ell: float, rho: float = 0.1, *, families: Sequence[str] = FAMI
     return tuple(out)
 
 
-def choose(ell: float, rho: float = 0.1, *, families: Sequence[str] = FAMILIES, max_steps: int = 16,
+def choose(ell: float, rho: float = FAILURE_RHO, *, families: Sequence[str] = FAMILIES, max_steps: int = 16,
            safety: float = 1.01) -> tuple[Option, tuple[Option, ...]]:
     """The cheapest option (fewest matrix products; ties: family order) and all options.
 
@@ -349,7 +348,7 @@ def _choice_for(by_depth: list[LayerChoice], by_type: dict[str, LayerChoice], de
     return min(bracket, key=demand)
 
 
-TARGETS = (1.2e8, 7e9, 7e10, 1e12)
+TARGETS = TARGET_SIZES
 
 
 def recipe_table(laws: Laws, targets: Sequence[float] = TARGETS, *, by_depth: bool = False, **kwargs) -> pd.DataFrame:

@@ -29,14 +29,13 @@ from functools import lru_cache
 
 import torch
 
-from muonscope.conventions import quantile_rank
+from muonscope.conventions import FAILURE_RHO, quantile_rank, sampled
 from muonscope.errors import ConfigError
 from muonscope.optim.policy import ADAPTIVE, OrthPolicy
 from muonscope.orth.analysis import threshold
 from muonscope.orth.hybrid import HybridNS
 from muonscope.orth.orthogonalizers import NewtonSchulz, Orthogonalizer
 from muonscope.orth.schedules import Schedule
-
 
 
 @lru_cache(maxsize=4096)
@@ -86,7 +85,7 @@ class AdaptiveSteps(OrthPolicy):
 
     distributed_safe = False
 
-    def __init__(self, target_q: float = 0.5, rho: float = 0.1, max_steps: int | None = None, *,
+    def __init__(self, target_q: float = 0.5, rho: float = FAILURE_RHO, max_steps: int | None = None, *,
                  min_steps: int = 1, every: int = 10, margin: float = 1.5) -> None:
         if not (isinstance(target_q, (int, float)) and 0.0 < target_q <= 1.0):
             raise ConfigError(f"target_q must lie in (0, 1], got {target_q!r}")
@@ -134,7 +133,7 @@ class AdaptiveSteps(OrthPolicy):
 
     # --- policy protocol -------------------------------------------------------------------
     def sampled(self, step: int) -> bool:
-        return step == 1 or step % self.every == 0
+        return sampled(step, self.every)
 
     def select(self, name: str, step: int, orth: Orthogonalizer, group: dict) -> Orthogonalizer:
         if group.get("ns_steps") != ADAPTIVE or type(orth) is not NewtonSchulz:

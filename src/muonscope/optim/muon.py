@@ -22,6 +22,7 @@ import torch
 from torch.optim import Optimizer
 from torch.utils.hooks import RemovableHandle
 
+from muonscope.conventions import FAILURE_RHO
 from muonscope.errors import ConfigError, MuonscopeError, NonFiniteError
 from muonscope.optim import distributed as D
 from muonscope.optim import functional as F
@@ -128,7 +129,7 @@ class Muon(Optimizer):
         distributed: bool | None = None,
         process_group=None,
         target_q: float = 0.5,
-        rho: float = 0.1,
+        rho: float = FAILURE_RHO,
         max_steps: int | None = None,
         policies: Sequence = (),
         controllers: Sequence = (),

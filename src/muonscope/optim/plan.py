@@ -21,10 +21,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from muonscope._jsonfile import read_json
+from muonscope.conventions import PLAN_FORMAT
 from muonscope.errors import ConfigError, MuonscopeError
 from muonscope.orth.schedules import Schedule, get_schedule
-
-PLAN_FORMAT = "muonscope.plan/1"
 
 
 @dataclass(frozen=True)

@@ -33,7 +33,7 @@ def _scalar(schedule: Schedule, steps: int):
     return lambda s: float(composed_map(schedule, steps, s))
 
 
-def threshold(schedule: str | Schedule, steps: int, rho: float = 0.1) -> float:
+def threshold(schedule: str | Schedule, steps: int, rho: float = FAILURE_RHO) -> float:
     """τ_ρ(k): the smallest s such that every s' ∈ [s, 1] maps to ≥ ρ.
 
     Returns ``inf`` when even s = 1 maps below ρ. Located on a dense log grid over [1e-12, 1]
@@ -88,7 +88,7 @@ def output_band(schedule: str | Schedule, steps: int, s_min: float) -> Band:
     return Band(low=ymin, high=ymax, argmin=smin, argmax=smax)
 
 
-def steps_to_lift(schedule: str | Schedule, s: float, rho: float = 0.1, max_steps: int = 64) -> int | None:
+def steps_to_lift(schedule: str | Schedule, s: float, rho: float = FAILURE_RHO, max_steps: int = 64) -> int | None:
     """Fewest steps k with τ_ρ(k) ≤ s (every s' ∈ [s, 1] reaches ρ); ``None`` if > ``max_steps``."""
     if not (0.0 < s <= 1.0):
         raise ConfigError(f"s must lie in (0, 1], got {s}")
@@ -131,7 +131,7 @@ def error_table(schedule: str | Schedule, steps: int, decades: tuple[int, int] =
     return rows
 
 
-def fidelity(schedule: str | Schedule, steps: int, s, rho: float = 0.1) -> tuple[float, float]:
+def fidelity(schedule: str | Schedule, steps: int, s, rho: float = FAILURE_RHO) -> tuple[float, float]:
     """(min_i p(s_i), share of s_i whose output is below ρ) for a spectrum ``s``."""
     s = np.asarray(s, dtype=np.float64)
     if s.size == 0:

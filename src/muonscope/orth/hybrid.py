@@ -30,6 +30,7 @@ import math
 import numpy as np
 import torch
 
+from muonscope.conventions import FAILURE_RHO, sampled
 from muonscope.errors import ConfigError, ShapeError
 from muonscope.orth.analysis import composed_map, ns_flops, ns_matmuls
 from muonscope.orth.exact import polar_exact
@@ -103,7 +104,7 @@ class HybridNS(Orthogonalizer):
 
     def __init__(self, schedule: str | Schedule = "jordan", steps: int | None = None, *,
                  correction: str = "bottom", fraction: float = 0.05, every: int = 100,
-                 bound: float | None = 0.0, rho: float = 0.1, dtype: torch.dtype | None = None,
+                 bound: float | None = 0.0, rho: float = FAILURE_RHO, dtype: torch.dtype | None = None,
                  eps: float = 1e-7) -> None:
         if correction not in CORRECTIONS:
             raise ConfigError(f"correction must be one of {CORRECTIONS}, got {correction!r}")
@@ -184,7 +185,7 @@ class HybridNS(Orthogonalizer):
 
     def corrects(self, step: int, failed_share: float | None) -> bool:
         """Correct at ``step``? Step 1, every ``every``-th step, or a failed share above ``bound``."""
-        if step == 1 or step % self.every == 0:
+        if sampled(step, self.every):
             return True
         return self.bound is not None and failed_share is not None and failed_share > self.bound
 

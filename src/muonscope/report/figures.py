@@ -6,6 +6,8 @@ from pathlib import Path
 
 import numpy as np
 
+from muonscope.conventions import FAILURE_RHO
+
 
 def _plt():
     import matplotlib
@@ -16,7 +18,7 @@ def _plt():
     return plt
 
 
-def plot_ns_maps(configs, *, rho: float = 0.1, path: str | Path, s_min: float = 1e-7) -> Path:
+def plot_ns_maps(configs, *, rho: float = FAILURE_RHO, path: str | Path, s_min: float = 1e-7) -> Path:
     """Composed NS maps p(s) on a log-s axis for ``configs`` [(schedule, steps)], τ_ρ marked."""
     from muonscope.orth.analysis import composed_map, threshold
     from muonscope.orth.schedules import get_schedule

@@ -25,7 +25,7 @@ from collections.abc import Callable, Iterable, Mapping
 import numpy as np
 import torch
 
-from muonscope.conventions import FAILURE_RHO
+from muonscope.conventions import FAILURE_RHO, sampled
 from muonscope.errors import ConfigError
 from muonscope.orth.analysis import fidelity_stats
 from muonscope.spectra import metrics as M
@@ -121,7 +121,7 @@ class SpectralMonitor:
 
     # --- hook protocol -------------------------------------------------------------------------
     def sampled(self, step: int) -> bool:
-        return step == 1 or step % self.every == 0
+        return sampled(step, self.every)
 
     def wants_spectrum(self, step: int) -> bool:
         want = self.sampled(step)

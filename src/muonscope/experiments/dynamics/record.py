@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from muonscope.conventions import FAILURE_RHO
 from muonscope.spectra.monitor import DEFAULT_QUANTILES, spectrum_record
 from muonscope.spectra.store import RunStore
 
@@ -44,7 +45,7 @@ def scalar_map_for(ns_label: tuple[str, int]):
 
 def spectral_row(step: int, sigma: np.ndarray, *, source: str, rows: int, cols: int,
                  ns_label: tuple[str, int], quantiles: Sequence[float] = DEFAULT_QUANTILES,
-                 param: str = "W", rho: float = 0.1) -> dict | None:
+                 param: str = "W", rho: float = FAILURE_RHO) -> dict | None:
     """One spectral record from the singular values ``sigma`` of a rows×cols matrix; for
     ``source="ns_input"`` also ns_out_min and frac_failed (share of directions mapped below ρ)."""
     sigma = np.asarray(sigma, dtype=np.float64)

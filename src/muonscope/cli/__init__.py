@@ -1,0 +1,44 @@
+"""The ``muonscope`` command line: one module per command group, tables as pure functions.
+
+Every command turns a :class:`~muonscope.errors.MuonscopeError` (or a bad argument) into one line on
+stderr and exit code 2. Heavy imports (torch, matplotlib) happen inside commands.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+import typer
+
+from muonscope.cli._app import app
+from muonscope.errors import MuonscopeError
+
+__all__ = ["app", "main"]
+GROUPS = ("ns", "train", "laws", "report", "calibrate", "dynamics")  # registration order = help order
+for _group in GROUPS:
+    importlib.import_module(f"muonscope.cli.{_group}")
+
+
+def main() -> None:
+    """Console-script entry point: typed errors become one stderr line and exit code 2."""
+    try:
+        rc = app(standalone_mode=False)
+    except MuonscopeError as exc:
+        print(f"muonscope: error: {exc}", file=sys.stderr)
+        sys.exit(2)
+    except typer.Exit as exc:
+        sys.exit(exc.exit_code)
+    except (typer.Abort, KeyboardInterrupt):
+        print("muonscope: aborted", file=sys.stderr)
+        sys.exit(130)
+    except Exception as exc:
+        # Usage errors from the (possibly vendored) click layer: one line, exit 2.
+        if hasattr(exc, "format_message") and hasattr(exc, "exit_code"):
+            message = exc.format_message()
+            if message:
+                print(f"muonscope: error: {message}", file=sys.stderr)
+            sys.exit(exc.exit_code or 0)
+        raise
+    sys.exit(rc if isinstance(rc, int) else 0)
+

@@ -1,0 +1,5 @@
+"""``python -m muonscope.cli``."""
+
+from muonscope.cli import main
+
+main()

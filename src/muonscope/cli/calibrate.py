@@ -1,0 +1,79 @@
+"""`muonscope calibrate …`: the NS recipe calibrated on training loss."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from muonscope.cli._app import app, console, csv_list, fail
+
+calibrate_app = typer.Typer(help="Calibrate the NS recipe on training loss (oracles, real NS configurations, plans; "
+                                   "paired seeds).", no_args_is_help=True)
+app.add_typer(calibrate_app, name="calibrate")
+
+
+def _parse_shard(text: str) -> tuple[int, int]:
+    try:
+        i, n = (int(x) for x in text.split("/"))
+    except ValueError:
+        fail(f"--shard must look like i/n (e.g. 0/2), got {text!r}")
+    return i, n
+
+
+@calibrate_app.command("run")
+def calibrate_run(
+    out: Path = typer.Option(..., "--out", "-o", help="Calibration directory (runs.csv, runs/)."),
+    presets: str = typer.Option("d64", "--presets", help="Comma-separated size presets."),
+    methods: str = typer.Option("grid", "--methods", help="'grid' (references, oracles, real NS configurations) "
+                                "or comma-separated names: exact, top0.5-rho0.1, jordan-4, designed-0.001-5, "
+                                "plan:path/{preset}.json."),
+    seeds: str = typer.Option("0,1,2", "--seeds", help="Comma-separated seeds (methods pair up by seed)."),
+    steps: int = typer.Option(600, "--steps", help="Optimizer steps per run."),
+    shard: str = typer.Option("0/1", "--shard", help="Run every n-th job starting at i (i/n): one process each."),
+    budget: float = typer.Option(0.0, "--budget", help="Stop starting new runs after this many seconds (0: none)."),
+    runs: Path = typer.Option(None, "--runs", help="Run directories with checkpoints (default: OUT/runs)."),
+    full: bool = typer.Option(False, "--full", help="With --methods grid: every oracle (q, rho) and configuration."),
+    threads: int = typer.Option(1, "--threads", help="torch threads for this process."),
+) -> None:
+    """Train the calibration runs of one shard (resumable; finished rows are skipped)."""
+    import torch
+
+    from muonscope.experiments.calibration import grid_methods, run_calibration
+
+    torch.set_num_threads(threads)
+    names = grid_methods(full) if methods == "grid" else csv_list(methods)
+    if not names:
+        fail("--methods names no method")
+    n = run_calibration(out, names, csv_list(presets), csv_list(seeds, int), steps=steps, shard=_parse_shard(shard),
+                        runs=runs, budget=budget or None, log=console.print)
+    console.print(f"{n} run(s) finished in this call; rows in {out / 'runs.csv'}")
+
+
+@calibrate_app.command("summarize")
+def calibrate_summarize(
+    out: Path = typer.Option(..., "--out", "-o", help="Calibration directory holding runs.csv."),
+    preset: str = typer.Option("d64", "--preset", help="Preset whose grid sets the criterion."),
+) -> None:
+    """Paired tables, the statistic that predicts the loss, the calibrated criterion and figures."""
+    import pandas as pd
+
+    from muonscope.experiments.calibration import CSV_NAME, calibrate, paired, write_summary
+
+    path = out / CSV_NAME
+    if not path.exists():
+        fail(f"{path} not found: run `muonscope calibrate run -o {out}` first")
+    df = pd.readcsv_list(path)
+    cal = calibrate(df, preset)
+    criterion = write_summary(cal, df, out)
+    cols = ["method", "n", "dloss", "dloss_sd", "dloss_t", "token_efficiency", "flops_ratio", "distortion",
+            "frac_failed", "frac_failed_50", "ns_out_max_peak"]
+    for p in sorted(set(df.preset)):
+        for ref in ("exact", "jordan-5"):
+            t = paired(df[df.preset == p], ref)
+            if not t.empty:
+                console.print(f"[bold]{p}: paired against {ref}[/bold]")
+                console.print(t[cols].to_string(index=False, float_format=lambda x: f"{x:.4g}"))
+    console.print(cal.ranking.to_string(index=False, float_format=lambda x: f"{x:.4g}"))
+    console.print(f"criterion: {criterion}")
+    console.print(f"wrote tables, criterion.json and figures to {out}")

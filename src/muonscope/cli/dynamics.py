@@ -1,0 +1,214 @@
+"""`muonscope dynamics …`: spectral dynamics of Muon at small scale."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+from rich.table import Table
+
+from muonscope.cli._app import app, console, csv_list, fail
+
+dynamics_app = typer.Typer(help="Spectral dynamics of Muon at small scale (matrix sensing, nuclear-norm gap, "
+                                "one-step entropy, noise geometry).", no_args_is_help=True)
+app.add_typer(dynamics_app, name="dynamics")
+
+
+def _dyn_progress(total: int, description: str):
+    """A rich progress bar and its advance callback."""
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeRemainingColumn,
+    )
+
+    bar = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                   TimeRemainingColumn(), console=console, transient=True)
+    task = bar.add_task(description, total=total)
+    return bar, (lambda n=1: bar.advance(task, n))
+
+
+def _dyn_setup(threads: int, out: Path) -> None:
+    import torch
+
+    if threads:
+        torch.set_num_threads(threads)
+    out.mkdir(parents=True, exist_ok=True)
+
+
+@dynamics_app.command("sensing")
+def dynamics_sensing(
+    out: Path = typer.Option(Path("runs/dynamics"), "--out", "-o", help="Output directory (stores, JSON, PNG)."),
+    rows: int = typer.Option(50, "--rows", help="p: rows of W."),
+    cols: int = typer.Option(20, "--cols", help="d: columns of W."),
+    measurements: int = typer.Option(100, "--measurements", "-n", help="n: number of measurements."),
+    kappa: float = typer.Option(5.0, "--kappa", help="Target singular values spread linearly from kappa to 1."),
+    rules: str = typer.Option("muon,muon-ns,gd,nmgd,random-orth", "--rules",
+                              help="Update rules; muon-ns takes :schedule:steps, e.g. muon-ns:polar_express:5."),
+    seeds: int = typer.Option(10, "--seeds", help="Number of paired seeds (0..seeds-1)."),
+    steps: int = typer.Option(1000, "--steps"),
+    lr: float = typer.Option(0.01, "--lr", help="Step of the norm-bounded rules."),
+    gd_lr: float = typer.Option(1.0, "--gd-lr", help="Plain GD step in units of 1/lambda_max(AA^T)."),
+    lr_schedule: str = typer.Option("cosine", "--lr-schedule", help="constant, cosine or linear."),
+    momentum: float = typer.Option(0.0, "--momentum"),
+    init: str = typer.Option("powerlaw", "--init", help="zero, gaussian or powerlaw (concentrated spectrum)."),
+    init_scale: float = typer.Option(0.1, "--init-scale", help="||W0||_F / ||W*||_F."),
+    record_every: int = typer.Option(5, "--record-every"),
+    no_stores: bool = typer.Option(False, "--no-stores", help="Skip writing run stores."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing run stores."),
+    threads: int = typer.Option(1, "--threads", help="torch threads (small batched SVDs: 1 is fastest)."),
+) -> None:
+    """Trajectories of loss, normalized spectrum, entropy, stable rank and frame alignment per rule."""
+    from muonscope.experiments.dynamics.problems import SensingConfig
+    from muonscope.experiments.dynamics.sensing import SensingRunConfig, experiment
+
+    _dyn_setup(threads, out)
+    cfg = SensingRunConfig(
+        problem=SensingConfig(rows=rows, cols=cols, measurements=measurements, kappa=kappa),
+        rules=tuple(csv_list(rules)), seeds=tuple(range(seeds)), steps=steps, lr=lr, gd_lr=gd_lr,
+        lr_schedule=lr_schedule, momentum=momentum, init=init, init_scale=init_scale, record_every=record_every)
+    bar, advance = _dyn_progress(len(cfg.rules) * steps, "sensing")
+    with bar:
+        s = experiment(cfg, None if no_stores else out / "sensing", summary_path=out / "sensing.json",
+                       figure_dir=out, overwrite=overwrite, progress=advance)
+    table = Table(title=f"final state over {seeds} seeds (mean); reference {s['reference']}")
+    for col in ("rule", "rel. residual", "norm. entropy", "stable rank", "||W||_*/||W||_F", "dist to ref",
+                "misalignment (late)"):
+        table.add_column(col, justify="left" if col == "rule" else "right")
+    from rich.markup import escape
+
+    for label, r in s["rules"].items():
+        table.add_row(escape(label), f"{r['final_rel_residual_mean']:.2e}", f"{r['final_entropy_mean']:.4f}",
+                      f"{r['final_stable_rank_mean']:.2f}", f"{r['final_nuc_frob_mean']:.3f}",
+                      f"{r['rel_dist_to_reference_mean']:.3f}", f"{r['misalignment_late_median']:.3f}")
+    console.print(table)
+    for e in s["paired"]:
+        if e["metric"] in ("final_entropy", "final_stable_rank"):
+            console.print(f"{e['a']} - {e['b']} {e['metric']}: {e['mean_diff']:+.4g} "
+                          f"[{e['ci95_low']:+.3g}, {e['ci95_high']:+.3g}], d_z={e['d_z']:.2f}, "
+                          f"Wilcoxon p={e['wilcoxon_p']:.3g}", markup=False)
+    console.print(f"wrote {out / 'sensing.json'} and figures in {out}")
+
+
+@dynamics_app.command("nuclear")
+def dynamics_nuclear(
+    out: Path = typer.Option(Path("runs/dynamics"), "--out", "-o", help="Output directory (stores, JSON, PNG)."),
+    setting: str = typer.Option("large,small", "--setting", help="large (p=50, d=20) and/or small (p=n=6, d=10)."),
+    seeds: int = typer.Option(0, "--seeds", help="Seeds per setting (0: the paper's, 1 for large, 10 for small)."),
+    rules: str = typer.Option("muon,muon-ns", "--rules", help="Rules whose interpolant is compared."),
+    steps: int = typer.Option(3000, "--steps"),
+    lr: float = typer.Option(0.05, "--lr", help="Initial lr (cosine-decayed to 0)."),
+    momentum: float = typer.Option(0.0, "--momentum"),
+    solver: str = typer.Option(None, "--solver", help="cvxpy solver (default CLARABEL, then SCS)."),
+    sensitivity: bool = typer.Option(False, "--sensitivity", help="Also run the readings/optimizer variants."),
+    no_stores: bool = typer.Option(False, "--no-stores", help="Skip writing run stores."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing run stores."),
+    threads: int = typer.Option(1, "--threads"),
+) -> None:
+    """||W_Muon||_* against the minimum-nuclear-norm interpolant (cvxpy)."""
+    from muonscope.experiments.dynamics import nuclear
+
+    if not nuclear.have_cvxpy():
+        fail(nuclear.CVXPY_HINT)
+    _dyn_setup(threads, out)
+    names = csv_list(setting)
+    rule_list = csv_list(rules)
+    total = len(names) * len(rule_list) * steps
+    if sensitivity:
+        total += sum(kw.get("steps", 3000) for *_, kw in nuclear.VARIANTS)
+    bar, advance = _dyn_progress(total, "nuclear")
+    with bar:
+        s = nuclear.experiment(names, seeds=range(seeds) if seeds else None, rules=rule_list, steps=steps, lr=lr,
+                               momentum=momentum, solver=solver, with_sensitivity=sensitivity,
+                               out_dir=None if no_stores else out / "nuclear", summary_path=out / "nuclear.json",
+                               figure_dir=out, overwrite=overwrite, progress=advance)
+    from rich.markup import escape
+
+    table = Table(title="||W||_* / min ||W||_* (cvxpy minimum, dual-certified)")
+    for col in ("setting", "W", "seeds", "interpolant", "mean", "min", "max", "at minimum", "paper"):
+        table.add_column(col, justify="left" if col in ("setting", "interpolant", "paper") else "right")
+    for o in s["settings"]:
+        pr = o["problem"]
+        for label, v in o["summary"].items():
+            table.add_row(o["setting"], f"{pr['rows']}x{pr['cols']}, n={pr['measurements']}", str(len(o["seeds"])),
+                          escape(label), f"{v['ratio_mean']:.3f}", f"{v['ratio_min']:.3f}", f"{v['ratio_max']:.3f}",
+                          str(v["at_minimum"]), o["paper"] if label == "muon" else "")
+    console.print(table)
+    for v in s.get("sensitivity", []):
+        console.print(f"{v['variant']}: Muon ratio mean {v['muon_ratio_mean']:.3f} "
+                      f"[{v['muon_ratio_min']:.3f}, {v['muon_ratio_max']:.3f}], at minimum {v['muon_at_minimum']}",
+                      markup=False)
+    console.print(f"wrote {out / 'nuclear.json'} and {out / 'nuclear_gap.png'}")
+
+
+@dynamics_app.command("entropy")
+def dynamics_entropy(
+    out: Path = typer.Option(Path("runs/dynamics"), "--out", "-o", help="Output directory (JSON, PNG)."),
+    rows: int = typer.Option(12, "--rows"),
+    cols: int = typer.Option(8, "--cols"),
+    instances: int = typer.Option(200, "--instances", help="Random instances per regime."),
+    seed: int = typer.Option(0, "--seed"),
+    sensing_check: bool = typer.Option(True, "--sensing-check/--no-sensing-check",
+                                       help="Also evaluate the states Muon visits in matrix sensing."),
+    threads: int = typer.Option(1, "--threads"),
+) -> None:
+    """When does the polar update (gamma = 0) maximize the first-order entropy gain?"""
+    from muonscope.experiments.dynamics.entropy import experiment
+    from muonscope.experiments.dynamics.sensing import SensingRunConfig
+
+    _dyn_setup(threads, out)
+    sensing_cfg = SensingRunConfig() if sensing_check else None  # the `dynamics sensing` defaults
+    bar, advance = _dyn_progress(2 if sensing_check else 1, "entropy")
+    with bar:
+        s = experiment(rows=rows, cols=cols, instances=instances, seed=seed, sensing_cfg=sensing_cfg,
+                       summary_path=out / "entropy.json", figure_dir=out, progress=advance)
+    table = Table(title=f"share of {instances} instances ({rows}x{cols}) where polar maximizes dH")
+    for col in ("regime", "misalignment", "Frobenius-matched", "spectral-matched", "mean argmax gamma (F)"):
+        table.add_column(col, justify="left" if col == "regime" else "right")
+    for r in s["regimes"]:
+        table.add_row(r["regime"], f"{r['misalignment_mean']:.3f}", f"{r['frobenius']['polar_is_max']:.2f}",
+                      f"{r['spectral']['polar_is_max']:.2f}", f"{r['frobenius']['argmax_gamma_mean']:.2f}")
+    console.print(table)
+    if "sensing_states" in s:
+        rows_ = s["sensing_states"]["rows"]
+        share = sum(r["polar_is_max"] for r in rows_) / len(rows_)
+        mis = sum(r["misalignment_mean"] for r in rows_) / len(rows_)
+        console.print(f"matrix-sensing states under Muon: polar is the argmax in {share:.2f} of (state, seed) "
+                      f"pairs on average; mean misalignment {mis:.3f}")
+    console.print(f"wrote {out / 'entropy.json'} and {out / 'entropy_gain.png'}")
+
+
+@dynamics_app.command("noise")
+def dynamics_noise(
+    out: Path = typer.Option(Path("runs/dynamics"), "--out", "-o", help="Output directory (JSON, PNG)."),
+    chains: int = typer.Option(20000, "--chains", help="Independent momentum chains per (beta, rho)."),
+    trials: int = typer.Option(1000, "--trials", help="Noise draws per batch size."),
+    seed: int = typer.Option(0, "--seed"),
+    threads: int = typer.Option(1, "--threads"),
+) -> None:
+    """Momentum noise factor (1-beta)/(1+beta) and the critical batch size of the polar factor."""
+    from muonscope.experiments.dynamics.noise import experiment
+
+    _dyn_setup(threads, out)
+    bar, advance = _dyn_progress(1, "noise")
+    with bar:
+        s = experiment(chains=chains, trials=trials, seed=seed, summary_path=out / "noise.json", figure_dir=out)
+        advance()
+    table = Table(title="momentum noise factor Var(m)/Var(xi)")
+    for col in ("beta", "rho", "measured", "predicted", "naive (1-beta)^2", "z"):
+        table.add_column(col, justify="right")
+    for m in s["momentum"]:
+        table.add_row(f"{m['beta']:g}", f"{m['rho']:g}", f"{m['measured']:.5f}", f"{m['predicted']:.5f}",
+                      f"{m['naive']:.5f}", f"{m['z']:+.2f}")
+    console.print(table)
+    table = Table(title="polar-factor noise: B_crit = 2 sigma^2 S(mu)/r against simulation (square G)")
+    for col in ("spectrum", "r", "B_crit", "B*NSR at largest B (+- se)", "measured NSR=1 crossing"):
+        table.add_column(col, justify="left" if col == "spectrum" else "right")
+    for p in s["polar"]:
+        last = p["rows"][-1]
+        table.add_row(p["spectrum_type"], str(p["r"]), f"{p['B_crit']:.3g}",
+                      f"{last['B_times_nsr']:.3g} +- {last['B_times_nsr_stderr']:.2g}", f"{p['measured_crossing']:.3g}")
+    console.print(table)
+    console.print(f"wrote {out / 'noise.json'} and {out / 'noise_geometry.png'}")

@@ -1,0 +1,222 @@
+"""`muonscope fit` and `muonscope plan`: power laws across sizes, NS plans (and their closed-loop check)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+from rich.table import Table
+
+from muonscope.cli._app import app, console, csv_list, fail, fmt_depth
+from muonscope.conventions import FAILURE_RHO
+from muonscope.errors import ConfigError
+
+
+def fit_table(laws, level: float = 0.95) -> Table:
+    """α per quantile for every (layer type, depth) with intervals, R², the flat-shape exponent and
+    the shared-exponent test."""
+    qs = laws.quantiles
+    q_main = 0.5 if 0.5 in qs else qs[len(qs) // 2]
+    shared = {(t.layer_type, fmt_depth(t.rel_depth)): t for t in laws.shared}
+    table = Table(title=f"spectral power laws s_q = C*M^-alpha ({len(laws.runs)} runs, "
+                        f"{len({r['model_params'] for r in laws.runs})} sizes)")
+    table.caption = (f"q*: alpha per quantile; CI (boot: over sizes and seeds; t: classical), R2: q={q_main:g}, "
+                     f"{level:.0%}; few sizes make the bootstrap interval too narrow; "
+                     "flat: beta/2 for r = min(rows, cols) ~ M^beta (unchanged spectral shape); "
+                     "shared p: quantiles share alpha (Bonferroni)")
+    for col in ("layer", "depth", *(f"q{q:g}" for q in qs), "CI boot", "CI t", "R2", "flat", "shared p"):
+        table.add_column(col, justify="left" if col in ("layer",) else "right")
+    keys = sorted({(f.layer_type, f.rel_depth) for f in laws.fits}, key=lambda k: (k[0], k[1] != k[1], k[1]))
+    for lt, d in keys:
+        by_q = {f.q: f for f in laws.fits if f.layer_type == lt and fmt_depth(f.rel_depth) == fmt_depth(d)}
+        main_fit = by_q.get(q_main)
+        t = shared.get((lt, fmt_depth(d)))
+        table.add_row(
+            lt, fmt_depth(d), *(f"{by_q[q].alpha:.3f}" if q in by_q else "-" for q in qs),
+            f"{main_fit.alpha_ci[0]:.2f}..{main_fit.alpha_ci[1]:.2f}" if main_fit else "-",
+            f"{main_fit.alpha_ci_t[0]:.2f}..{main_fit.alpha_ci_t[1]:.2f}" if main_fit else "-",
+            f"{main_fit.r2:.3f}" if main_fit else "-",
+            f"{main_fit.alpha_flat:.3f}" if main_fit and main_fit.alpha_flat == main_fit.alpha_flat else "-",
+            f"{t.p_value:.2g}" if t else "-")
+    return table
+
+
+@app.command("fit")
+def fit_cmd(
+    runs: list[Path] = typer.Argument(..., help="Run directories, or sweep directories holding runs."),
+    out: Path = typer.Option(..., "--out", "-o", help="Laws JSON to write."),
+    quantile: list[float] = typer.Option(None, "--quantile", "-q", help="q level(s) to fit; default: all recorded."),
+    source: str = typer.Option(None, "--source", help="ns_input or momentum (default: ns_input when both exist)."),
+    rel_tol: float = typer.Option(0.1, "--rel-tol", help="Burn-in tolerance band, relative (0.1 = 10%)."),
+    level: float = typer.Option(0.95, "--level", help="Confidence level of the intervals."),
+    n_boot: int = typer.Option(2000, "--boot", help="Bootstrap replicates over sizes (and seeds)."),
+    seed: int = typer.Option(0, "--seed", help="Bootstrap seed."),
+) -> None:
+    """Fit power laws s_q(M) = C*M^(-alpha) per layer type and depth across the runs' model sizes."""
+    from muonscope.laws.fit import fit_laws
+    from muonscope.laws.stabilize import StabilizeSettings
+    from muonscope.spectra.store import read_runs
+
+    if not (0 < level < 1):
+        fail("--level must lie in (0, 1)")
+    if n_boot < 100:
+        fail("--boot must be at least 100")
+    df = read_runs(runs)
+    laws = fit_laws(df, quantile or None, source=source, level=level, n_boot=n_boot, seed=seed,
+                    settings=StabilizeSettings(rel_tol=rel_tol, level=level, seed=seed))
+    laws.save(out)
+    console.print(fit_table(laws, level))
+    stab = laws.stabilization
+    n_flag = int((~stab["stable"].astype(bool)).sum())
+    console.print(f"trajectories: {len(stab)}, flagged (not stabilized, not fitted): {n_flag}; "
+                  f"groups skipped: {len(laws.skipped)}")
+    for s in laws.skipped[:10]:
+        console.print(f"  skipped {s['layer_type']} depth {fmt_depth(s['rel_depth'])} q{s['q']:g}: {s['reason']}")
+    console.print(f"wrote {out}")
+
+
+def parse_size(text: str) -> float:
+    units = {"k": 1e3, "m": 1e6, "b": 1e9, "g": 1e9, "t": 1e12}
+    t = text.strip().lower().replace("_", "").replace(",", "")
+    try:
+        value = float(t[:-1]) * units[t[-1]] if t and t[-1] in units else float(t)
+    except ValueError:
+        value = float("nan")
+    if not (value > 0 and value != float("inf")):
+        fail(f"--params must be a positive parameter count like 7e10, 70B or 125M, got {text!r}")
+    return value
+
+
+def read_names(path: Path) -> dict:
+    """{param name: (layer_type, rel_depth)} from a run directory, a JSON mapping or a names file."""
+    import json
+
+    if path.is_dir():
+        from muonscope.laws.planner import names_from_records
+        from muonscope.spectra.store import RunStore
+
+        df = RunStore.open(path).spectra()
+        if len(df) == 0:
+            fail(f"run {path} holds no spectral records to take parameter names from")
+        return names_from_records(df)
+    if not path.is_file():
+        fail(f"--names-from {path}: no such run directory or file")
+    text = path.read_text()
+    if path.suffix == ".json":
+        try:
+            raw = json.loads(text)
+            return {str(k): (str(v[0]), float("nan") if v[1] is None else float(v[1])) for k, v in raw.items()}
+        except (ValueError, TypeError, IndexError, AttributeError) as exc:
+            fail(f"--names-from {path}: expected JSON {{name: [layer_type, rel_depth]}} ({exc})")
+    from muonscope.spectra.layers import LayerIndex
+
+    names = [ln.strip() for ln in text.splitlines() if ln.strip() and not ln.startswith("#")]
+    index = LayerIndex(names)
+    return {n: (index(n).layer_type, index(n).rel_depth) for n in names}
+
+
+def load_criterion(spec: str, quantile: float, rho: float):
+    """``calibrated`` (shipped), ``lift-quantile`` (the original rule with --quantile/--rho) or a JSON path."""
+    from muonscope._jsonfile import read_json
+    from muonscope.laws.criterion import Criterion, calibrated
+
+    if spec == "calibrated":
+        return calibrated()
+    if spec == "lift-quantile":
+        return Criterion(quantile=quantile, rho=rho)
+    path = Path(spec)
+    raw = read_json(path, ConfigError, missing=f"criterion {spec!r}: not 'calibrated', 'lift-quantile' or a JSON file")
+    return Criterion.from_dict(raw)
+
+
+def plan_table(plan) -> Table:
+    """The plan as a rich table (one row per fitted depth, then one per layer type)."""
+    crit = plan.criterion
+    statistic = crit.kind == "statistic"
+    table = Table(title=f"NS plan for {plan.target_params:.3g} parameters ({plan.level:.0%} prediction intervals)")
+    table.caption = (f"criterion: {crit.describe()}. tau: every s >= tau maps to >= {crit.rho:g}; "
+                     "J/PE/D: fewest steps of jordan / polar-express / designed that meet the criterion"
+                     + ("; the spectrum beyond the largest fitted q is extrapolated" if statistic else ""))
+    cols = ["layer", "depth", "alpha", f"s_q{crit.quantile * 100:g} predicted [interval]", "config", "matmuls", "tau"]
+    cols += ["stat", "bound"] if statistic else []
+    for col in (*cols, "J/PE/D"):
+        table.add_column(col, justify="left" if col in ("layer", "config") else "right")
+    for c in [*plan.by_depth, *plan.by_type.values()]:
+        depth = fmt_depth(c.rel_depth) if c.rel_depth == c.rel_depth else f"all (d={fmt_depth(c.worst_depth)})"
+        alts = " / ".join("-" if o.steps is None else str(o.steps) for o in c.options)
+        p = c.prediction
+        row = [c.layer_type, depth, f"{c.alpha:.3f}", f"{p.center:.2g} [{p.low:.2g}, {p.high:.2g}]",
+               c.label, "SVD" if c.exact else str(c.matmuls), f"{c.tau:.3g}"]
+        row += [f"{c.stat:.3g}", f"{c.bound:.3g}"] if statistic else []
+        table.add_row(*row, alts)
+    return table
+
+
+@app.command("plan")
+def plan_cmd(
+    laws_path: Path = typer.Argument(..., help="Laws JSON from `muonscope fit`."),
+    params: list[str] = typer.Option(None, "--params", "-p", help="Target model size(s): 7e10, 70B, 125M, ..."),
+    criterion: str = typer.Option("calibrated", "--criterion", help="calibrated (measured on training loss), "
+                                  "lift-quantile (tau_rho <= pessimistic s_q) or a criterion JSON file."),
+    quantile: float = typer.Option(0.5, "--quantile", "-q", help="lift-quantile: the quantile s_q NS must lift."),
+    rho: float = typer.Option(FAILURE_RHO, "--rho", help="lift-quantile: output level a lifted direction must reach."),
+    level: float = typer.Option(0.95, "--level", help="Two-sided prediction-interval level."),
+    names_from: Path = typer.Option(None, "--names-from", help="Parameter names: a run directory, a JSON "
+                                    "{name: [layer_type, rel_depth]} or a text file with one name per line."),
+    max_steps: int = typer.Option(16, "--max-steps", help="Largest NS step count considered."),
+    out: Path = typer.Option(None, "--out", "-o", help="Plan JSON (several sizes: one file per size, suffixed); "
+                             "with --verify: the verification directory."),
+    verify: bool = typer.Option(False, "--verify", help="Closed loop: plan each of --presets for its own size, "
+                                "train it under the plan and under jordan x5 (paired), refit, plan again."),
+    presets: str = typer.Option("d48,d64,d96", "--presets", help="--verify: the presets to train (3 or more)."),
+    seeds: str = typer.Option("0", "--seeds", help="--verify: comma-separated seeds."),
+    steps: int = typer.Option(600, "--steps", help="--verify: optimizer steps per run."),
+    threads: int = typer.Option(1, "--threads", help="--verify: torch threads."),
+) -> None:
+    """Cheapest NS configuration per layer for a target model size, from fitted laws."""
+
+    from muonscope.laws.io import load_laws
+    from muonscope.laws.planner import make_plan
+
+    if max_steps < 1:
+        fail("--max-steps must be >= 1")
+    if not (0 < level < 1):
+        fail("--level must lie in (0, 1)")
+    crit = load_criterion(criterion, quantile, rho)
+    if verify:
+        if out is None:
+            fail("--verify needs --out DIR for its runs and plans")
+        return _verify(load_laws(laws_path), crit, out, csv_list(presets), csv_list(seeds, int), steps, threads,
+                       level=level, max_steps=max_steps)
+    if not params:
+        fail("give --params (a target size) or --verify")
+    sizes = [parse_size(p) for p in params]
+    laws = load_laws(laws_path)
+    names = read_names(names_from) if names_from is not None else None
+    for size in sizes:
+        plan = make_plan(laws, size, level=level, names=names, max_steps=max_steps, criterion=crit)
+        console.print(plan_table(plan))
+        if out is not None:
+            from muonscope._jsonfile import write_json
+
+            dest = out if len(sizes) == 1 else out.with_name(f"{out.stem}-{size:.3g}".replace("+", "") + out.suffix)
+            write_json(dest, plan.to_dict())
+            console.print(f"wrote {dest} ({len(plan.params)} named parameters, "
+                          f"{len(plan.schedules())} designed schedule(s))")
+
+
+def _verify(laws, crit, out: Path, presets, seeds, steps, threads, **plan_kwargs) -> None:
+    import torch
+
+    from muonscope.experiments.closed_loop import verify_plan
+
+    torch.set_num_threads(threads)
+    v = verify_plan(laws, crit, out, presets=presets, seeds=seeds or [0], steps=steps, log=console.print,
+                    **plan_kwargs)
+    console.print(f"criterion: {crit.describe()}")
+    cols = ["preset", "n", "dloss", "dloss_sd", "dloss_t", "flops_ratio", "distortion", "frac_failed"]
+    console.print(v.paired[cols].to_string(index=False, float_format=lambda x: f"{x:.4g}"))
+    for p, ch in v.changed.items():
+        console.print(f"{p}: {len(ch)} parameter(s) change after the refit" + "".join(
+            f"\n  {n}: {a} -> {b}" for n, (a, b) in sorted(ch.items())))
+    console.print(f"fixed point: {'yes' if v.fixed_point else 'no'}; plans, replans and runs.csv in {out}")

@@ -1,0 +1,70 @@
+"""`muonscope ns`: thresholds, output bands and cost of NS schedules."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+from rich.table import Table
+
+from muonscope.cli._app import app, console, fail
+
+
+def _parse_shape(shape: str) -> tuple[int, int]:
+    try:
+        m, n = (int(x) for x in shape.lower().split("x"))
+        if m < 1 or n < 1:
+            raise ValueError
+    except ValueError:
+        fail(f"--shape must look like MxN with positive integers (e.g. 1024x4096), got {shape!r}")
+    return m, n
+
+
+def ns_table(configs, rho, shape: tuple[int, int], band_from: float) -> Table:
+    """Thresholds τ_ρ, output band over [band_from, 1], matrix products and FLOPs per (schedule, steps)."""
+    from muonscope.orth import analysis
+
+    m, n = shape
+    table = Table(title=f"Newton-Schulz scalar maps (s = sigma/||X||_F; FLOPs for {m}x{n})")
+    table.add_column("schedule")
+    table.add_column("steps", justify="right")
+    for r in rho:
+        table.add_column(f"tau_{r:g}", justify="right")
+    for col in (f"band over [{band_from:g}, 1]", "matmuls", "GFLOPs"):
+        table.add_column(col, justify="right")
+    for sc, k in configs:
+        band = analysis.output_band(sc, k, band_from)
+        table.add_row(sc.name, str(k), *[f"{analysis.threshold(sc, k, r):.3g}" for r in rho],
+                      f"[{band.low:.3f}, {band.high:.3f}]", str(analysis.ns_matmuls(k)),
+                      f"{analysis.ns_flops(m, n, k) / 1e9:.2f}")
+    return table
+
+
+@app.command()
+def ns(
+    schedule: list[str] = typer.Option(None, "--schedule", "-s", help="Schedule name(s); default: all built-ins."),
+    steps: list[int] = typer.Option(None, "--steps", "-k", help="Step count(s); default: the schedule's own."),
+    rho: list[float] = typer.Option([0.1, 0.5], "--rho", help="Output level(s) for the thresholds tau_rho."),
+    shape: str = typer.Option("1024x4096", "--shape", help="Matrix shape MxN for the FLOP count."),
+    band_from: float = typer.Option(1e-3, "--band-from", help="Lower end s_min of the output band [s_min, 1]."),
+    plot: Path = typer.Option(None, "--plot", help="Write a PNG of the composed maps to this file."),
+) -> None:
+    """Thresholds, output bands and cost of NS schedules (exact float64 scalar analysis)."""
+    from muonscope.orth.schedules import BUILTIN_NAMES, get_schedule
+
+    m, n = _parse_shape(shape)
+    if any(not (0 < r) for r in rho):
+        fail("--rho values must be positive")
+    if steps and any(k < 1 for k in steps):
+        fail("--steps values must be >= 1")
+    if not (0 < band_from <= 1):
+        fail("--band-from must lie in (0, 1]")
+    configs = [(sc, k) for sc in (get_schedule(s) for s in (schedule or BUILTIN_NAMES))
+               for k in steps or [sc.default_steps]]
+    table = ns_table(configs, rho, (m, n), band_from)
+    console.print(table)
+    if plot is not None:
+        from muonscope.report.figures import plot_ns_maps
+
+        plot_ns_maps(configs, rho=rho[0], path=plot)
+        console.print(f"wrote {plot}")

@@ -1,0 +1,78 @@
+"""`muonscope report` and `muonscope demo`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from muonscope.cli._app import app, console, csv_list, fail
+from muonscope.conventions import FAILURE_RHO, TARGET_SIZES
+
+
+@app.command()
+def report(
+    runs: list[Path] = typer.Argument(..., help="Run directories or sweep directories."),
+    out: Path = typer.Option(Path("report.html"), "--out", "-o", help="Output file."),
+    fmt: str = typer.Option("html", "--format", help="html (one self-contained file) or md (+ PNG folder)."),
+    targets: str = typer.Option(",".join(f"{t:g}" for t in TARGET_SIZES), "--targets",
+                                help="Target model sizes for the NS recipe."),
+    quantile: float = typer.Option(0.5, "--quantile", help="The quantile whose trajectories are drawn."),
+    rho: float = typer.Option(FAILURE_RHO, "--rho", help="Failure level drawn on the NS maps."),
+    criterion: str = typer.Option("calibrated", "--criterion", help="Planner criterion: calibrated, "
+                                  "lift-quantile (with --quantile/--rho) or a criterion JSON file."),
+) -> None:
+    """Report with spectra during training, power-law fits, the NS recipe and loss curves."""
+    from muonscope.cli.laws import load_criterion
+    from muonscope.report.build import build_report
+
+    path = build_report(runs, out, fmt=fmt, targets=csv_list(targets, float), quantile=quantile, rho=rho,
+                        criterion=load_criterion(criterion, quantile, rho))
+    console.print(f"wrote {path}")
+
+
+@app.command()
+def demo(
+    out: Path = typer.Option(Path("demo-out"), "--out", "-o", help="Output directory."),
+    presets: str = typer.Option("d48,d64,d96,d128", "--presets", help="Sizes of the small sweep."),
+    steps: int = typer.Option(300, "--steps", help="Optimizer steps per run."),
+    target: str = typer.Option("7e10", "--target", help="Target model size for the plan."),
+    threads: int = typer.Option(0, "--threads", help="torch threads (0: leave torch's default)."),
+) -> None:
+    """The whole loop on a small sweep: train several sizes -> fit laws -> plan NS -> report."""
+    sizes = csv_list(presets)
+    if len(sizes) < 3:
+        fail("--presets needs at least 3 sizes: power laws are fitted across model sizes")
+    import torch
+
+    from muonscope._jsonfile import write_json
+    from muonscope.cli.laws import fit_table, parse_size, plan_table, read_names
+    from muonscope.cli.train import sweep_table
+    from muonscope.experiments.config import TrainConfig
+    from muonscope.experiments.sweep import plan_sweep, run_sweep
+    from muonscope.laws.criterion import calibrated
+    from muonscope.laws.fit import fit_laws
+    from muonscope.laws.planner import make_plan
+    from muonscope.report.build import DEFAULT_TARGETS, build_report
+    from muonscope.spectra.store import read_runs
+
+    size = parse_size(target)
+    if threads:
+        torch.set_num_threads(threads)
+    console.rule("1/4 small size sweep (spectral monitor on)")
+    runs = plan_sweep(TrainConfig(steps=steps), sizes)
+    rows = run_sweep(runs, out / "sweep", progress=True, console=console)
+    console.print(sweep_table(rows, len(runs), out / "sweep"))
+    console.rule("2/4 power laws")
+    laws = fit_laws(read_runs([out / "sweep"]))
+    laws.save(out / "laws.json")
+    console.print(fit_table(laws))
+    console.rule(f"3/4 NS plan for {target} parameters")
+    plan = make_plan(laws, size, criterion=calibrated(), names=read_names(out / "sweep" / f"{sizes[-1]}-muon-s0"))
+    console.print(plan_table(plan))
+    write_json(out / "plan.json", plan.to_dict())
+    console.print(f"wrote {out / 'plan.json'} ({len(plan.params)} named parameters, "
+                  f"{len(plan.schedules())} designed schedule(s))")
+    console.rule("4/4 report")
+    build_report([out / "sweep"], out / "report.html", targets=sorted({*DEFAULT_TARGETS, size}))
+    console.print(f"report: {(out / 'report.html').resolve()}")

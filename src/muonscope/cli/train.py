@@ -1,0 +1,102 @@
+"""`muonscope train` and `muonscope sweep`: tiny GPTs on offline text with the spectral monitor."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+from rich.table import Table
+
+from muonscope.cli._app import app, console, csv_list, fail
+from muonscope.experiments.config import TrainConfig
+
+D = TrainConfig()  # every default below is the library's
+
+
+@app.command()
+def train(
+    out: Path = typer.Option(..., "--out", "-o", help="Run directory (run store + checkpoint)."),
+    preset: str = typer.Option("d64", "--preset", help="Model size preset (see `muonscope sweep --help`); "
+                               "d64 is the smallest of the calibration and sweep sizes."),
+    optimizer: str = typer.Option(D.optimizer, "--optimizer", help="muon (Muon + AdamW) or adamw."),
+    steps: int = typer.Option(D.steps, "--steps"),
+    batch_size: int = typer.Option(D.batch_size, "--batch-size"),
+    corpus: str = typer.Option(D.corpus, "--corpus", help="stdlib, shakespeare, or a file/directory path."),
+    seed: int = typer.Option(D.seed, "--seed"),
+    lr: float = typer.Option(D.lr, "--lr", help="Muon learning rate."),
+    adamw_lr: float = typer.Option(D.adamw_lr, "--adamw-lr"),
+    schedule: str = typer.Option(D.schedule, "--schedule", help="NS schedule for every Muon matrix."),
+    ns_steps: int = typer.Option(D.ns_steps, "--ns-steps"),
+    monitor_every: int = typer.Option(D.monitor_every, "--monitor-every"),
+    eval_every: int = typer.Option(D.eval_every, "--eval-every"),
+    checkpoint_every: int = typer.Option(D.checkpoint_every, "--checkpoint-every"),
+    plan: Path = typer.Option(None, "--plan", help="Plan JSON from `muonscope plan` (per-layer NS)."),
+    resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its checkpoint."),
+    threads: int = typer.Option(0, "--threads", help="torch threads (0: leave torch's default)."),
+) -> None:
+    """Train one tiny GPT with the spectral monitor on; Ctrl-C saves a checkpoint and exits cleanly."""
+    import json
+
+    import torch
+
+    from muonscope.experiments.train import train as run_train
+
+    if threads:
+        torch.set_num_threads(threads)
+    plan_dict = None
+    if plan is not None:
+        try:
+            plan_dict = json.loads(plan.read_text())
+        except (OSError, ValueError) as exc:
+            fail(f"cannot read plan {plan}: {exc}")
+    cfg = TrainConfig(preset=preset, optimizer=optimizer, steps=steps, batch_size=batch_size, corpus=corpus,
+                      seed=seed, lr=lr, adamw_lr=adamw_lr, schedule=schedule, ns_steps=ns_steps,
+                      monitor_every=monitor_every, eval_every=eval_every, checkpoint_every=checkpoint_every,
+                      plan=plan_dict)
+    summary = run_train(cfg, out, resume=resume, progress=True)
+    console.print({k: (round(v, 4) if isinstance(v, float) else v) for k, v in summary.items()})
+    if summary["status"] != "complete":
+        console.print(f"interrupted at step {summary['steps']}: continue with --resume")
+        raise typer.Exit(code=130)
+
+
+def sweep_table(rows: list[dict], planned: int, out) -> Table:
+    """One row per sweep run: size, steps, status, final validation loss, throughput."""
+    from muonscope.experiments.model import PRESETS
+
+    table = Table(title=f"sweep {out} ({len(rows)}/{planned} runs done; presets: {', '.join(PRESETS)})")
+    for col in ("run", "model_params", "steps", "status", "final_val_loss", "tokens_per_s"):
+        table.add_column(col, justify="left" if col in ("run", "status") else "right")
+    for r in rows:
+        table.add_row(r["run"], f"{r['model_params']:,}", str(r["steps"]), str(r["status"]),
+                      f"{r['final_val_loss']:.4f}" if r["final_val_loss"] is not None else "-",
+                      f"{r['tokens_per_s']:,.0f}" if r["tokens_per_s"] else "-")
+    return table
+
+
+@app.command()
+def sweep(
+    out: Path = typer.Option(..., "--out", "-o", help="Sweep directory (one run directory per run)."),
+    presets: str = typer.Option(None, "--presets", help="Comma-separated presets (default: the sweep presets)."),
+    seeds: str = typer.Option("0", "--seeds", help="Comma-separated seeds."),
+    adamw: str = typer.Option("", "--adamw", help="Presets that also get an AdamW baseline run."),
+    steps: int = typer.Option(D.steps, "--steps", help="Optimizer steps per run."),
+    batch_size: int = typer.Option(D.batch_size, "--batch-size"),
+    corpus: str = typer.Option(D.corpus, "--corpus"),
+    monitor_every: int = typer.Option(D.monitor_every, "--monitor-every"),
+    eval_every: int = typer.Option(D.eval_every, "--eval-every"),
+    threads: int = typer.Option(0, "--threads", help="torch threads (0: leave torch's default)."),
+) -> None:
+    """Train every size preset (resumable: finished runs are skipped, partial ones resumed)."""
+    import torch
+
+    from muonscope.experiments.model import SWEEP_PRESETS
+    from muonscope.experiments.sweep import plan_sweep, run_sweep
+
+    if threads:
+        torch.set_num_threads(threads)
+    base = TrainConfig(steps=steps, batch_size=batch_size, corpus=corpus, monitor_every=monitor_every,
+                       eval_every=eval_every)
+    runs = plan_sweep(base, csv_list(presets) or SWEEP_PRESETS, csv_list(seeds, int) or [0], csv_list(adamw))
+    rows = run_sweep(runs, out, progress=True, console=console)
+    console.print(sweep_table(rows, len(runs), out))
