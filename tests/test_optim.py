@@ -260,3 +260,23 @@ def test_update_is_bounded_and_gradient_scale_invariant(m, n, extra, scale, seed
     assert torch.linalg.matrix_norm(deltas[0], ord=2) <= bound
     if G.norm() * scale > 1e-4:  # far above the eps clamp of the normalization
         torch.testing.assert_close(deltas[1], deltas[0], atol=1e-9, rtol=1e-7)
+
+
+@pytest.mark.parametrize("nesterov,form", [(True, "ema"), (False, "sum")])
+def test_functional_muon_update_is_the_optimizer_step(nesterov, form):
+    """The five-line functional form and the batched optimizer give the same parameters."""
+    from muonscope.optim.functional import muon_update
+    from muonscope.orth.orthogonalizers import NewtonSchulz
+
+    g = torch.Generator().manual_seed(5)
+    w0 = torch.randn(12, 20, generator=g)
+    grads = [torch.randn(12, 20, generator=g) for _ in range(3)]
+    p = torch.nn.Parameter(w0.clone())
+    opt = Muon([p], lr=0.02, weight_decay=0.1, nesterov=nesterov, momentum_form=form, ns_dtype=torch.float32)
+    w, buf = w0.clone(), torch.zeros_like(w0)
+    orth = NewtonSchulz("jordan", 5, dtype=torch.float32)
+    for G in grads:
+        p.grad = G.clone()
+        opt.step()
+        w = w * (1 - 0.02 * 0.1) - 0.02 * muon_update(G, buf, orth, beta=0.95, nesterov=nesterov, form=form)
+    torch.testing.assert_close(p.detach(), w, rtol=0, atol=1e-6)

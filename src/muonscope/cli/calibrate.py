@@ -63,7 +63,7 @@ def calibrate_summarize(
     path = out / CSV_NAME
     if not path.exists():
         fail(f"{path} not found: run `muonscope calibrate run -o {out}` first")
-    df = pd.readcsv_list(path)
+    df = pd.read_csv(path)
     cal = calibrate(df, preset)
     criterion = write_summary(cal, df, out)
     cols = ["method", "n", "dloss", "dloss_sd", "dloss_t", "token_efficiency", "flops_ratio", "distortion",
