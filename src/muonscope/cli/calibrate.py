@@ -54,6 +54,8 @@ def calibrate_run(
 def calibrate_summarize(
     out: Path = typer.Option(..., "--out", "-o", help="Calibration directory holding runs.csv."),
     preset: str = typer.Option("d64", "--preset", help="Preset whose grid sets the criterion."),
+    ship: bool = typer.Option(False, "--ship", help="Also make this criterion the one muonscope ships "
+                              "(muonscope/laws/calibrated_criterion.json, the planner's default)."),
 ) -> None:
     """Paired tables, the statistic that predicts the loss, the calibrated criterion and figures."""
     import pandas as pd
@@ -77,3 +79,11 @@ def calibrate_summarize(
     console.print(cal.ranking.to_string(index=False, float_format=lambda x: f"{x:.4g}"))
     console.print(f"criterion: {criterion}")
     console.print(f"wrote tables, criterion.json and figures to {out}")
+    if ship:
+        from importlib import resources
+
+        from muonscope._jsonfile import write_json
+
+        dest = Path(str(resources.files("muonscope.laws").joinpath("calibrated_criterion.json")))
+        write_json(dest, criterion)
+        console.print(f"wrote {dest}")

@@ -32,6 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
+from muonscope._jsonfile import write_json
 from muonscope.errors import ConfigError
 from muonscope.experiments.model import get_preset
 
@@ -396,7 +397,7 @@ def write_summary(cal: Calibration, df, out: Path) -> dict:
               f"noise (2 x median paired SE) {cal.noise:.4g}; spearman({cal.statistic}, dloss) "
               f"{float(cal.ranking.spearman.iloc[0]):.3f}")
     criterion = cal.criterion(source)
-    (out / "criterion.json").write_text(json.dumps(criterion, indent=1) + "\n")
+    write_json(out / "criterion.json", criterion)
     figures(cal, out)
     return criterion
 
