@@ -85,7 +85,7 @@ def test_plan_from_laws(cli, sweep, laws_path, tmp_path):
     names_txt = tmp_path / "names.txt"
     names_txt.write_text("blocks.0.attn.q.weight\nblocks.5.attn.q.weight\nblocks.7.mlp.up.weight\n")
     code, _, err = cli("plan", laws_path, "-p", "1.2e8", "-p", "1T", "--names-from", names_txt, "-o", out,
-                       "--rho", 0.2)
+                       "--criterion", "lift-quantile", "--rho", 0.2)
     assert code == 0, err
     small = json.loads((tmp_path / "plan-1.2e08.json").read_text())
     big = json.loads((tmp_path / "plan-1e12.json").read_text())
@@ -113,7 +113,8 @@ def test_plan_errors(cli, laws_path, tmp_path):
     assert "muonscope fit" in one_line_error(cli("plan", tmp_path / "nope.json", "-p", "7e10"))
     assert "--params" in one_line_error(cli("plan", laws_path, "-p", "lots"))
     assert "--params" in one_line_error(cli("plan", laws_path, "-p", "-5"))
-    assert "no fits for q=0.75" in one_line_error(cli("plan", laws_path, "-p", "7e10", "-q", 0.75))
+    assert "no fits for q=0.75" in one_line_error(cli("plan", laws_path, "-p", "7e10", "-q", 0.75,
+                                                      "--criterion", "lift-quantile"))
     assert "--names-from" in one_line_error(cli("plan", laws_path, "-p", "7e10", "--names-from", tmp_path / "absent"))
     bad = tmp_path / "bad.json"
     bad.write_text("[1, 2]")

@@ -137,7 +137,7 @@ def plan_table(plan) -> Table:
     table.caption = (f"criterion: {crit.describe()}. tau: every s >= tau maps to >= {crit.rho:g}; "
                      "J/PE/D: fewest steps of jordan / polar-express / designed that meet the criterion"
                      + ("; the spectrum beyond the largest fitted q is extrapolated" if statistic else ""))
-    cols = ["layer", "depth", "alpha", f"s_q{crit.quantile * 100:g} predicted [interval]", "config", "matmuls", "tau"]
+    cols = ["layer", "depth", "alpha", f"s_q{plan.quantile * 100:g} predicted [interval]", "config", "matmuls", "tau"]
     cols += ["stat", "bound"] if statistic else []
     for col in (*cols, "J/PE/D"):
         table.add_column(col, justify="left" if col in ("layer", "config") else "right")

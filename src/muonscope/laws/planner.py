@@ -263,6 +263,8 @@ def make_plan(laws: Laws, target_params: float, *, quantile: float = 0.5, rho: f
     for fam in families:
         if fam != "designed":
             get_schedule(fam)  # unknown names raise ScheduleError listing the known ones
+    if criterion.kind == "statistic" and laws.fits:  # one anchor fit per group: the largest fitted q
+        quantile = max(f.q for f in laws.fits)
     fits = laws.select(q=quantile)
     if not fits:
         raise ConfigError(f"the laws have no fits for q={quantile:g}; fitted q levels: "
