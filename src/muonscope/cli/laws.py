@@ -172,6 +172,7 @@ def plan_cmd(
     seeds: str = typer.Option("0", "--seeds", help="--verify: comma-separated seeds."),
     steps: int = typer.Option(600, "--steps", help="--verify: optimizer steps per run."),
     threads: int = typer.Option(1, "--threads", help="--verify: torch threads."),
+    runs: Path = typer.Option(None, "--runs", help="--verify: run directories with checkpoints (default: OUT/runs)."),
 ) -> None:
     """Cheapest NS configuration per layer for a target model size, from fitted laws."""
 
@@ -187,7 +188,7 @@ def plan_cmd(
         if out is None:
             fail("--verify needs --out DIR for its runs and plans")
         return _verify(load_laws(laws_path), crit, out, csv_list(presets), csv_list(seeds, int), steps, threads,
-                       level=level, max_steps=max_steps)
+                       runs, level=level, max_steps=max_steps)
     if not params:
         fail("give --params (a target size) or --verify")
     sizes = [parse_size(p) for p in params]
@@ -205,14 +206,14 @@ def plan_cmd(
                           f"{len(plan.schedules())} designed schedule(s))")
 
 
-def _verify(laws, crit, out: Path, presets, seeds, steps, threads, **plan_kwargs) -> None:
+def _verify(laws, crit, out: Path, presets, seeds, steps, threads, runs, **plan_kwargs) -> None:
     import torch
 
     from muonscope.experiments.closed_loop import verify_plan
 
     torch.set_num_threads(threads)
-    v = verify_plan(laws, crit, out, presets=presets, seeds=seeds or [0], steps=steps, log=console.print,
-                    **plan_kwargs)
+    v = verify_plan(laws, crit, out, presets=presets, seeds=seeds or [0], steps=steps, runs=runs,
+                    log=console.print, **plan_kwargs)
     console.print(f"criterion: {crit.describe()}")
     cols = ["preset", "n", "dloss", "dloss_sd", "dloss_t", "flops_ratio", "distortion", "frac_failed"]
     console.print(v.paired[cols].to_string(index=False, float_format=lambda x: f"{x:.4g}"))
