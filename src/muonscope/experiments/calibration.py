@@ -393,7 +393,8 @@ def write_summary(cal: Calibration, df, out: Path) -> dict:
     cal.vs_reference.to_csv(out / f"paired_vs_jordan5_{cal.preset}.csv", index=False, float_format="%.6g")
     cal.ranking.to_csv(out / f"statistics_{cal.preset}.csv", index=False, float_format="%.6g")
     n = int(cal.vs_exact.n.max())
-    source = (f"calibration at {cal.preset}: {len(cal.vs_exact)} methods x {n} paired seeds; "
+    fitted = int((cal.vs_exact.family != "plan").sum())
+    source = (f"calibration at {cal.preset}: {fitted} methods x {n} paired seeds; "
               f"noise (2 x median paired SE) {cal.noise:.4g}; spearman({cal.statistic}, dloss) "
               f"{float(cal.ranking.spearman.iloc[0]):.3f}")
     criterion = cal.criterion(source)
