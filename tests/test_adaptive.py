@@ -311,3 +311,12 @@ def test_spectrum_driven_controllers_refuse_distributed_runs(monkeypatch):
     with pytest.raises(ConfigError, match="single-process"):
         Muon([("w", p)], orthogonalizer=HybridNS(bound=0.0)).step()
     assert torch.equal(p, torch.zeros(4, 6))  # nothing was touched
+
+
+def test_adaptive_group_added_later_keeps_the_constructor_options():
+    a, b = nn.Parameter(torch.randn(8, 12)), nn.Parameter(torch.randn(8, 12))
+    opt = Muon([a], lr=0.01, target_q=0.9, rho=0.3, max_steps=7)
+    assert opt.policies == ()
+    opt.add_param_group({"params": [b], "ns_steps": "adaptive"})
+    (policy,) = opt.policies
+    assert (policy.target_q, policy.rho, policy.max_steps) == (0.9, 0.3, 7)

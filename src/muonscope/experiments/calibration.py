@@ -359,13 +359,14 @@ def calibrate(df, preset: str) -> Calibration:
     vs_exact, vs_ref = paired(d, "exact"), paired(d, "jordan-5")
     fitted = vs_exact[vs_exact.family != "plan"]
     noise = noise_level(fitted)
+    oracle, real = fitted[fitted.family == "oracle"], fitted[fitted.family != "oracle"]
     rows = []
     for stat, col in PLANNABLE.items():
         xs, fit = monotone_fit(fitted[col], fitted.dloss)
         resid = float(np.sqrt(np.mean((fitted.sort_values(col, kind="stable").dloss.to_numpy() - fit) ** 2)))
         rows.append({"statistic": stat, "measured_as": col, "spearman": spearman(fitted[col], fitted.dloss),
-                     "spearman_oracle": spearman(*_cols(fitted[fitted.family == "oracle"], col)),
-                     "spearman_ns": spearman(*_cols(fitted[fitted.family != "oracle"], col)),
+                     "spearman_oracle": spearman(oracle[col], oracle.dloss),
+                     "spearman_ns": spearman(real[col], real.dloss),
                      "residual_rms": resid, "crossing": crossing(xs, fit, noise)})
     import pandas as pd
 
@@ -380,10 +381,6 @@ def calibrate(df, preset: str) -> Calibration:
     cap = math.ceil(overshoot(get_schedule("jordan"), 5) * 100) / 100
     return Calibration(preset, vs_exact, vs_ref, noise, ranking, best, absolute,
                        delta if math.isfinite(delta) else 0.0, cap)
-
-
-def _cols(t, stat):
-    return t[stat], t.dloss
 
 
 def write_summary(cal: Calibration, df, out: Path) -> dict:

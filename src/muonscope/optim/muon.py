@@ -154,6 +154,7 @@ class Muon(Optimizer):
         if not params:
             raise ConfigError("Muon got an empty parameter list")
         super().__init__(params, defaults)
+        self._adaptive_options = (target_q, rho, max_steps)  # for AdaptiveSteps installed later
         self._install_policies(target_q, rho, max_steps, [*policies, *controllers])
         self._constructed = True
         if self.plan is not None:
@@ -225,7 +226,7 @@ class Muon(Optimizer):
             self.param_groups.pop()
             raise
         if getattr(self, "_constructed", False):  # a group added later may need a policy too
-            self._install_policies(0.5, 0.1, None, [])
+            self._install_policies(*self._adaptive_options, [])
 
     @staticmethod
     def _check_param(p: torch.Tensor, group: dict) -> None:
