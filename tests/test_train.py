@@ -143,3 +143,60 @@ def test_sigkill_leaves_a_readable_store(tmp_path):
     assert steps == list(range(1, steps[-1] + 1))  # a gapless prefix
     assert all((df.step == s).sum() == 3 for s in steps)
     assert steps[-1] >= 40  # lost at most the unflushed buffer after the last reported flush
+
+
+def test_parallel_sweep_shares_one_job_list(tmp_path):
+    """Two worker processes train four runs once each; lr variants get their own run names."""
+    from muonscope.experiments.sweep import run_name
+
+    base = TrainConfig(**{**BASE, "steps": 6, "eval_every": 3})
+    runs = plan_sweep(base, presets=("tiny",), seeds=(0, 1), lrs=(0.01, 0.02))
+    assert [run_name(c) for c in runs] == ["tiny-muon-s0", "tiny-muon-lr0.02-s0", "tiny-muon-s1", "tiny-muon-lr0.02-s1"]
+    rows = run_sweep(runs, tmp_path, progress=False, jobs=2, threads=1)
+    assert sorted(r["run"] for r in rows) == sorted(run_name(c) for c in runs)
+    manifest = json.loads((tmp_path / "sweep.json").read_text())
+    assert all(e["status"] == "complete" and e["steps"] == 6 for e in manifest["runs"].values())
+    for c in runs:  # each run trained exactly once: one generation of spectra, 6 steps of metrics
+        store = RunStore.open(tmp_path / run_name(c))
+        assert store.meta["config"]["lr"] == c.lr and store.meta["device"] == "cpu"
+        assert not store.spectra().duplicated(["step", "param"]).any()
+    again = run_sweep(runs, tmp_path, progress=False, jobs=2, threads=1)  # all complete: nothing retrained
+    assert [r["run"] for r in again] == [r["run"] for r in rows]
+    with pytest.raises(ConfigError, match="twice"):
+        plan_sweep(base, presets=("tiny", "tiny"))
+    with pytest.raises(ConfigError, match="jobs"):
+        run_sweep(runs, tmp_path, jobs=0)
+    with pytest.raises(ConfigError, match="adjust_lr_fn"):
+        plan_sweep(base, presets=("tiny",), adjust_lr_fns=("sqrt",))
+
+
+def test_device_selection_and_guarded_cuda(tmp_path):
+    from muonscope.experiments.train import resolve_device
+
+    assert resolve_device("cpu").type == "cpu"
+    assert resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
+    with pytest.raises(ConfigError):
+        resolve_device("tpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(ConfigError, match="CUDA is not available"):
+            resolve_device("cuda")
+        with pytest.raises(ConfigError, match="CUDA is not available"):
+            train(TrainConfig(**BASE), tmp_path / "g", progress=False, device="cuda")
+        assert not (tmp_path / "g").exists()
+
+
+def test_gpu_sweep_script_runs_its_code_path_on_cpu(tmp_path):
+    """scripts/gpu_sweep.sh with a tiny size on the CPU: sweep, fit and convergence, same layout."""
+    from pathlib import Path
+
+    from muonscope.experiments.model import GPU_PRESETS, PRESETS
+
+    assert PRESETS[GPU_PRESETS[-1]].non_embedding_params >= 30e6
+    script = Path(__file__).resolve().parents[1] / "scripts" / "gpu_sweep.sh"
+    exe = Path(sys.executable).with_name("muonscope")
+    env = {**os.environ, "OUT": str(tmp_path / "g"), "PRESETS": "tiny", "STEPS": "4", "BATCH": "2",
+           "DEVICE": "cpu", "EVERY": "2", "MUONSCOPE": str(exe)}
+    proc = subprocess.run(["bash", str(script)], env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    store = RunStore.open(tmp_path / "g" / "tiny-muon-s0")
+    assert store.meta["steps"] == 4 and len(store.spectra()) and store.meta["device"] == "cpu"

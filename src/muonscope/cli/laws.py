@@ -51,6 +51,8 @@ def fit_cmd(
     level: float = typer.Option(0.95, "--level", help="Confidence level of the intervals."),
     n_boot: int = typer.Option(2000, "--boot", help="Bootstrap replicates over sizes (and seeds)."),
     seed: int = typer.Option(0, "--seed", help="Bootstrap seed."),
+    drift_tolerance: float = typer.Option(0.25, "--drift-tolerance", help="Keep trajectories the burn-in rule "
+                                          "flags when |d log s/dt| <= this per 1000 steps (negative: stable only)."),
 ) -> None:
     """Fit power laws s_q(M) = C*M^(-alpha) per layer type and depth across the runs' model sizes."""
     from muonscope.laws.fit import fit_laws
@@ -63,16 +65,68 @@ def fit_cmd(
         fail("--boot must be at least 100")
     df = read_runs(runs)
     laws = fit_laws(df, quantile or None, source=source, level=level, n_boot=n_boot, seed=seed,
-                    settings=StabilizeSettings(rel_tol=rel_tol, level=level, seed=seed))
+                    settings=StabilizeSettings(rel_tol=rel_tol, level=level, seed=seed),
+                    drift_tolerance=drift_tolerance if drift_tolerance >= 0 else None)
     laws.save(out)
     console.print(fit_table(laws, level))
     stab = laws.stabilization
     n_flag = int((~stab["stable"].astype(bool)).sum())
-    console.print(f"trajectories: {len(stab)}, flagged (not stabilized, not fitted): {n_flag}; "
-                  f"groups skipped: {len(laws.skipped)}")
+    excluded = laws.excluded()
+    console.print(f"trajectories: {len(stab)}, flagged by the burn-in rule: {n_flag}, kept within the drift "
+                  f"tolerance: {n_flag - len(excluded)}, excluded: {len(excluded)}; groups skipped: {len(laws.skipped)}")
+    if len(excluded):
+        by_run = excluded.groupby("run_id").size().sort_values(ascending=False)
+        console.print("  excluded per run: " + ", ".join(f"{r} {n}" for r, n in by_run.head(8).items()))
     for s in laws.skipped[:10]:
         console.print(f"  skipped {s['layer_type']} depth {fmt_depth(s['rel_depth'])} q{s['q']:g}: {s['reason']}")
     console.print(f"wrote {out}")
+
+
+@app.command("convergence")
+def convergence_cmd(
+    runs: list[Path] = typer.Argument(..., help="Run directories, or sweep directories holding runs."),
+    out: Path = typer.Option(..., "--out", "-o", help="Directory for alpha_over_time.csv, convergence.csv and "
+                             "the figure."),
+    width: int = typer.Option(200, "--width", help="Window length in steps."),
+    every: int = typer.Option(100, "--every", help="Spacing of the window ends in steps."),
+    tolerance: float = typer.Option(0.05, "--tolerance", help="|d alpha/dt| per 1000 steps below which an "
+                                    "exponent counts as converged."),
+    laws_path: Path = typer.Option(None, "--laws", help="Laws JSON to annotate with the verdicts (the planner "
+                                   "then lists the unconverged exponents it extrapolates)."),
+    n_boot: int = typer.Option(1000, "--boot", help="Bootstrap replicates over sizes and seeds."),
+) -> None:
+    """Exponents over training time: alpha(t) from windows ending at successive steps, and a
+    converged / still-drifting verdict per exponent."""
+    from muonscope.laws.convergence import alpha_over_time, convergence_table, verdicts
+    from muonscope.laws.io import load_laws
+    from muonscope.report.figures import plot_alpha_over_time
+    from muonscope.spectra.store import read_runs
+
+    if width < 1 or every < 1:
+        fail("--width and --every must be positive step counts")
+    if n_boot < 100:
+        fail("--boot must be at least 100")
+    laws = load_laws(laws_path) if laws_path is not None else None  # fail before the work
+    df = read_runs(runs, meta=("seed",))
+    at = alpha_over_time(df, width=width, every=every, n_boot=n_boot)
+    conv = convergence_table(at, tolerance=tolerance)
+    out.mkdir(parents=True, exist_ok=True)
+    at.to_csv(out / "alpha_over_time.csv", index=False, float_format="%.5g")
+    conv.to_csv(out / "convergence.csv", index=False, float_format="%.5g")
+    plot_alpha_over_time(at, path=out / "alpha_over_time.png", tolerance=tolerance)
+    table = Table(title=f"exponent convergence ({conv['n_seeds'].max()} seeds, window {width} steps, "
+                        f"tolerance {tolerance:g}/1000 steps)")
+    for col in ("q", "exponents", "converged", "median alpha", "median drift/1k"):
+        table.add_column(col, justify="right")
+    for q, g in conv.groupby("q"):
+        table.add_row(f"{q:g}", str(len(g)), str(int(g.converged.sum())), f"{g.alpha.median():.3f}",
+                      f"{g.drift_per_1k.median():+.3f}")
+    console.print(table)
+    if laws is not None:
+        laws.convergence = verdicts(conv)
+        laws.save(laws_path)
+        console.print(f"verdicts written into {laws_path}")
+    console.print(f"wrote {out}/alpha_over_time.csv, convergence.csv, alpha_over_time.png")
 
 
 def parse_size(text: str) -> float:

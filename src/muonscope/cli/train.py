@@ -30,8 +30,13 @@ def train(
     monitor_every: int = typer.Option(D.monitor_every, "--monitor-every"),
     eval_every: int = typer.Option(D.eval_every, "--eval-every"),
     checkpoint_every: int = typer.Option(D.checkpoint_every, "--checkpoint-every"),
+    adjust_lr_fn: str = typer.Option(D.adjust_lr_fn, "--adjust-lr-fn", help="Muon lr scaling per matrix: "
+                                     "match_rms_adamw (0.2·√max(m,n)) or original (√max(1,m/n))."),
     plan: Path = typer.Option(None, "--plan", help="Plan JSON from `muonscope plan` (per-layer NS)."),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its checkpoint."),
+    device: str = typer.Option("cpu", "--device", help="cpu, cuda[:N] or auto (CUDA when available)."),
+    bf16: bool = typer.Option(None, "--bf16/--no-bf16", help="bf16 autocast for forward/backward "
+                              "(default: on for CUDA, off on CPU)."),
     threads: int = typer.Option(0, "--threads", help="torch threads (0: leave torch's default)."),
 ) -> None:
     """Train one tiny GPT with the spectral monitor on; Ctrl-C saves a checkpoint and exits cleanly."""
@@ -39,8 +44,14 @@ def train(
 
     import torch
 
+    from muonscope.errors import ConfigError
+    from muonscope.experiments.train import resolve_device
     from muonscope.experiments.train import train as run_train
 
+    try:
+        dev = resolve_device(device)
+    except ConfigError as exc:
+        fail(str(exc))
     if threads:
         torch.set_num_threads(threads)
     plan_dict = None
@@ -52,8 +63,9 @@ def train(
     cfg = TrainConfig(preset=preset, optimizer=optimizer, steps=steps, batch_size=batch_size, corpus=corpus,
                       seed=seed, lr=lr, adamw_lr=adamw_lr, schedule=schedule, ns_steps=ns_steps,
                       monitor_every=monitor_every, eval_every=eval_every, checkpoint_every=checkpoint_every,
+                      adjust_lr_fn=adjust_lr_fn, bf16_autocast=dev.type == "cuda" if bf16 is None else bf16,
                       plan=plan_dict)
-    summary = run_train(cfg, out, resume=resume, progress=True)
+    summary = run_train(cfg, out, resume=resume, progress=True, device=dev)
     console.print({k: (round(v, 4) if isinstance(v, float) else v) for k, v in summary.items()})
     if summary["status"] != "complete":
         console.print(f"interrupted at step {summary['steps']}: continue with --resume")
@@ -77,26 +89,46 @@ def sweep_table(rows: list[dict], planned: int, out) -> Table:
 @app.command()
 def sweep(
     out: Path = typer.Option(..., "--out", "-o", help="Sweep directory (one run directory per run)."),
-    presets: str = typer.Option(None, "--presets", help="Comma-separated presets (default: the sweep presets)."),
+    presets: str = typer.Option(None, "--presets", help="Comma-separated presets (default: the --family's)."),
+    family: str = typer.Option("width", "--family", help="Preset family: width (n_layer 4, d48…d288), "
+                               "depth (n_layer and width together, L4-d48…L16-d96) or gpu (gpu-d128…gpu-d576)."),
     seeds: str = typer.Option("0", "--seeds", help="Comma-separated seeds."),
     adamw: str = typer.Option("", "--adamw", help="Presets that also get an AdamW baseline run."),
     steps: int = typer.Option(D.steps, "--steps", help="Optimizer steps per run."),
     batch_size: int = typer.Option(D.batch_size, "--batch-size"),
     corpus: str = typer.Option(D.corpus, "--corpus"),
+    lr: str = typer.Option(str(D.lr), "--lr", help="Muon learning rate; several (comma-separated) for an lr check."),
+    adjust_lr_fn: str = typer.Option(D.adjust_lr_fn, "--adjust-lr-fn",
+                                     help="match_rms_adamw and/or original (comma-separated)."),
     monitor_every: int = typer.Option(D.monitor_every, "--monitor-every"),
+    monitor_spectrum: str = typer.Option(D.monitor_spectrum, "--monitor-spectrum", help="svd (float64) or gram."),
     eval_every: int = typer.Option(D.eval_every, "--eval-every"),
-    threads: int = typer.Option(0, "--threads", help="torch threads (0: leave torch's default)."),
+    jobs: int = typer.Option(1, "--jobs", "-j", help="Worker processes sharing the job list (each --threads)."),
+    device: str = typer.Option("cpu", "--device", help="cpu, cuda[:N] or auto (CUDA when available)."),
+    bf16: bool = typer.Option(None, "--bf16/--no-bf16", help="bf16 autocast (default: on for CUDA, off on CPU)."),
+    threads: int = typer.Option(0, "--threads", help="torch threads per process (0: torch's default; "
+                                "1 with --jobs > 1)."),
 ) -> None:
     """Train every size preset (resumable: finished runs are skipped, partial ones resumed)."""
     import torch
 
-    from muonscope.experiments.model import SWEEP_PRESETS
+    from muonscope.errors import ConfigError
+    from muonscope.experiments.model import FAMILIES
     from muonscope.experiments.sweep import plan_sweep, run_sweep
+    from muonscope.experiments.train import resolve_device
 
-    if threads:
-        torch.set_num_threads(threads)
-    base = TrainConfig(steps=steps, batch_size=batch_size, corpus=corpus, monitor_every=monitor_every,
-                       eval_every=eval_every)
-    runs = plan_sweep(base, csv_list(presets) or SWEEP_PRESETS, csv_list(seeds, int) or [0], csv_list(adamw))
-    rows = run_sweep(runs, out, progress=True, console=console)
+    if family not in FAMILIES:
+        fail(f"--family must be one of {', '.join(FAMILIES)}, got {family!r}")
+    try:
+        dev = resolve_device(device)
+        base = TrainConfig(steps=steps, batch_size=batch_size, corpus=corpus, monitor_every=monitor_every,
+                           monitor_spectrum=monitor_spectrum, eval_every=eval_every,
+                           bf16_autocast=dev.type == "cuda" if bf16 is None else bf16)
+        runs = plan_sweep(base, csv_list(presets) or FAMILIES[family], csv_list(seeds, int) or [0], csv_list(adamw),
+                          lrs=csv_list(lr, float), adjust_lr_fns=csv_list(adjust_lr_fn))
+        if threads or jobs > 1:
+            torch.set_num_threads(threads or 1)
+        rows = run_sweep(runs, out, progress=True, console=console, jobs=jobs, threads=threads or 1, device=str(dev))
+    except ConfigError as exc:
+        fail(str(exc))
     console.print(sweep_table(rows, len(runs), out))

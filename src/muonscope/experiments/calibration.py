@@ -19,9 +19,7 @@ each run is claimed by a lock, so any number of processes can work through one j
 
 from __future__ import annotations
 
-import contextlib
 import csv
-import fcntl
 import json
 import math
 import os
@@ -34,6 +32,7 @@ import numpy as np
 
 from muonscope._jsonfile import write_json
 from muonscope.errors import ConfigError
+from muonscope.experiments.jobs import claim, locked
 from muonscope.experiments.model import get_preset
 
 CSV_NAME = "runs.csv"
@@ -127,8 +126,7 @@ def done(out: Path) -> set[tuple[str, str, int]]:
 
 def _append_row(out: Path, row: dict) -> None:
     path = out / CSV_NAME
-    with (out / ".runs.lock").open("w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+    with locked(path):
         new = not path.exists()
         with path.open("a", newline="") as fh:
             w = csv.DictWriter(fh, fieldnames=COLUMNS)
@@ -171,23 +169,6 @@ def summarize_run(path: Path, method: Method, preset: str, seed: int, wall: floa
     }
 
 
-@contextlib.contextmanager
-def _claim(rdir: Path):
-    """Exclusive, non-blocking claim of one run (a lock file beside its directory; the kernel
-    releases it if the process dies). Yields whether this process holds it."""
-    rdir.parent.mkdir(parents=True, exist_ok=True)
-    with (rdir.parent / f".{rdir.name}.lock").open("w") as fh:
-        try:
-            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            yield False
-            return
-        try:
-            yield True
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
-
-
 def jobs(methods, presets, seeds) -> list[tuple[str, str, int]]:
     """Every (method, preset, seed), seed-major so that early stops leave complete pairs."""
     for p in presets:
@@ -221,7 +202,7 @@ def run_calibration(out, methods, presets, seeds, *, steps: int = 600, shard: tu
         method = parsed[(name, preset)]
         cfg = method_config(method, preset, seed, steps, **base)
         rdir = run_dir(runs, name, preset, seed)
-        with _claim(rdir) as mine:
+        with claim(rdir) as mine:
             if not mine or (name, preset, seed) in done(out):
                 continue  # another process trains (or just finished) this run
             t0 = time.time()

@@ -11,6 +11,9 @@ from muonscope.conventions import FAILURE_RHO
 from muonscope.errors import ConfigError
 
 ORTHOGONALIZERS = ("ns", "exact", "hybrid", "top-q")
+#: Muon lr scaling per rows×cols matrix: "match_rms_adamw" 0.2·√max(m, n) (update RMS 0.2·lr at
+#: every width), "original" √max(1, m/n) (update spectral norm ∝ lr·√(m/n), width-independent).
+ADJUST_LR_FNS = ("match_rms_adamw", "original")
 
 
 @dataclass
@@ -60,6 +63,8 @@ class TrainConfig:
             v = getattr(self, name)
             if not (isinstance(v, int) and v >= 1):
                 raise ConfigError(f"{name} must be a positive integer, got {v!r}")
+        if self.adjust_lr_fn not in ADJUST_LR_FNS:
+            raise ConfigError(f"adjust_lr_fn must be one of {ADJUST_LR_FNS}, got {self.adjust_lr_fn!r}")
         for name in ("lr", "adamw_lr"):
             v = getattr(self, name)
             if not (math.isfinite(v) and v > 0):

@@ -260,8 +260,12 @@ def _preset(d_model: int, n_layer: int = 4, block_size: int = 128) -> GPTConfig:
     return GPTConfig(n_layer=n_layer, n_head=d_model // HEAD_DIM, d_model=d_model, block_size=block_size)
 
 
-#: Size presets. Rule: n_layer = 4, head_dim = 16, width d scaled (d ∝ √M, α = 0.25 baseline).
-#: ``tiny`` is for tests (seconds); the others form the default sweep, M ≈ 0.11M … 4.0M (36×).
+#: Size presets. Width family (``d48`` … ``d288``): n_layer = 4, head_dim = 16, width d scaled
+#: (d ∝ √M, α = 0.25 baseline), M ≈ 0.11M … 4.0M (36×). ``tiny`` is for tests (seconds).
+#: Depth + width family (``L4-d48`` … ``L16-d96``): depth and width grow together, d ∝ n_layer^0.5
+#: (GPT-2's family grows d ∝ n_layer^0.55 from 12 to 48 layers), M ≈ 0.11M … 1.8M (16×), so
+#: r ∝ M^(1/3) and the flat-spectrum baseline is α = 1/6. ``gpu-*``: 8 blocks, block 256, for the
+#: GPU sweep (M ≈ 1.6M … 32M).
 PRESETS: dict[str, GPTConfig] = {
     "tiny": _preset(32, block_size=64),
     "d48": _preset(48),
@@ -271,10 +275,29 @@ PRESETS: dict[str, GPTConfig] = {
     "d176": _preset(176),
     "d224": _preset(224),
     "d288": _preset(288),
+    "L4-d48": _preset(48, 4),
+    "L8-d64": _preset(64, 8),
+    "L12-d80": _preset(80, 12),
+    "L16-d96": _preset(96, 16),
+    **{f"gpu-d{d}": _preset(d, 8, block_size=256) for d in (128, 192, 256, 320, 448, 576)},
 }
 
-#: Presets of the default size sweep, smallest first.
+#: Presets of the default (width) size sweep, smallest first.
 SWEEP_PRESETS: tuple[str, ...] = ("d48", "d64", "d96", "d128", "d176", "d224", "d288")
+#: Presets of the depth + width family, smallest first.
+DEPTH_PRESETS: tuple[str, ...] = ("L4-d48", "L8-d64", "L12-d80", "L16-d96")
+#: Presets of the GPU sweep (``scripts/gpu_sweep.sh``), smallest first.
+GPU_PRESETS: tuple[str, ...] = tuple(f"gpu-d{d}" for d in (128, 192, 256, 320, 448, 576))
+FAMILIES: dict[str, tuple[str, ...]] = {"width": SWEEP_PRESETS, "depth": DEPTH_PRESETS, "gpu": GPU_PRESETS}
+
+
+def width_depth_rule(preset: str) -> str:
+    """The scaling rule of the family ``preset`` belongs to (recorded in every run store)."""
+    if preset in DEPTH_PRESETS:
+        return "n_layer and width together (d ∝ n_layer^0.5), head_dim = 16"
+    if preset in GPU_PRESETS:
+        return "n_layer = 8, head_dim = 16, width d scaled, block 256"
+    return "n_layer = 4, head_dim = 16, width d scaled"
 
 
 def get_preset(name: str) -> GPTConfig:

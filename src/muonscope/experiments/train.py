@@ -19,7 +19,7 @@ import torch
 from muonscope.errors import ConfigError, StoreError
 from muonscope.experiments.config import TrainConfig, orthogonalization, same_run
 from muonscope.experiments.data import load_corpus
-from muonscope.experiments.model import GPT, get_preset
+from muonscope.experiments.model import GPT, get_preset, width_depth_rule
 from muonscope.laws.design import resolve_schedule
 from muonscope.optim.checkpoint import load_checkpoint, save_checkpoint
 
@@ -49,14 +49,14 @@ def lr_factor(step: int, cfg: TrainConfig) -> float:
 
 
 @torch.no_grad()
-def evaluate(model: GPT, corpus, cfg: TrainConfig, block_size: int) -> float:
+def evaluate(model: GPT, corpus, cfg: TrainConfig, block_size: int, device: torch.device | None = None) -> float:
     """Mean validation loss over ``eval_batches`` fixed batches (seeded, identical at every call)."""
     model.eval()
     gen = torch.Generator().manual_seed(10_000 + cfg.seed)
     losses = []
     for _ in range(cfg.eval_batches):
-        x, y = corpus.get_batch("val", cfg.batch_size, block_size, gen)
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.bf16_autocast):
+        x, y = corpus.get_batch("val", cfg.batch_size, block_size, gen, device)
+        with _autocast(device, cfg):
             _, loss = model(x, y)
         losses.append(float(loss))
     model.train()
@@ -68,12 +68,34 @@ def _save(path: Path, step: int, model, optimizer, gen: torch.Generator, cfg: Tr
                     generator=gen.get_state(), config=cfg.to_dict())
 
 
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    """``"auto"``/None: CUDA when available, else CPU; otherwise the named device, checked."""
+    if device is None or device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise ConfigError(f"unknown device {device!r}: {exc}") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device {device!r} requested but CUDA is not available (use --device cpu)")
+    if dev.type not in ("cpu", "cuda"):
+        raise ConfigError(f"device must be cpu, cuda[:N] or auto, got {device!r}")
+    return dev
+
+
+def _autocast(device: torch.device | None, cfg: TrainConfig):
+    return torch.autocast(device.type if device is not None else "cpu", dtype=torch.bfloat16,
+                          enabled=cfg.bf16_autocast)
+
+
 def train(cfg: TrainConfig, out_dir: str | os.PathLike, *, resume: bool = False, progress: bool = True,
-          stop_after: int | None = None) -> dict:
+          stop_after: int | None = None, device: str | torch.device = "cpu") -> dict:
     """Train, monitor and store one run in ``out_dir``; returns a summary dict.
 
-    ``stop_after`` ends the loop after that many steps of this call (a checkpoint is saved), as a
-    Ctrl-C would: used to test resumption.
+    ``device``: where model, batches and optimizer state live (``"auto"``: CUDA if available);
+    ``cfg.bf16_autocast`` runs forward and backward under bf16 autocast there (weights, optimizer
+    state and the monitor's spectra stay fp32/float64). ``stop_after`` ends the loop after that
+    many steps of this call (a checkpoint is saved), as a Ctrl-C would: used to test resumption.
     """
     from muonscope.spectra.monitor import SpectralMonitor
     from muonscope.spectra.store import RunStore
@@ -86,13 +108,14 @@ def train(cfg: TrainConfig, out_dir: str | os.PathLike, *, resume: bool = False,
     if block_size > mcfg.block_size:
         raise ConfigError(f"block_size {block_size} exceeds the preset's {mcfg.block_size}")
     corpus = load_corpus(cfg.corpus, max_bytes=cfg.corpus_bytes)
-    model = GPT(mcfg, seed=cfg.seed)
+    dev = resolve_device(device)
+    model = GPT(mcfg, seed=cfg.seed).to(dev)
     optimizer = build_optimizer(model, cfg)
     base_lrs = [g["lr"] for g in optimizer.param_groups]  # before loading: saved lrs are warmup-scaled
     gen = torch.Generator().manual_seed(cfg.seed)
     start = 0
     if resume and ckpt_path.exists():
-        state = load_checkpoint(ckpt_path, model=model, optimizer=optimizer, rng=False)
+        state = load_checkpoint(ckpt_path, model=model, optimizer=optimizer, rng=False, map_location=dev)
         if not same_run(state["config"], cfg.to_dict()):
             raise ConfigError(f"{ckpt_path} was written with a different configuration (only --steps may "
                               "grow on resume); start a new run directory")
@@ -105,8 +128,8 @@ def train(cfg: TrainConfig, out_dir: str | os.PathLike, *, resume: bool = False,
         "param_count_rule": "non-embedding parameters (all except wte, wpe, lm_head)",
         "total_params": model.total_params(),
         "model": mcfg.to_dict(), "preset": cfg.preset, "seed": cfg.seed, "config": cfg.to_dict(),
-        "corpus": corpus.describe(), "width_depth_rule": "n_layer = 4, head_dim = 16, width d scaled",
-        "threads": torch.get_num_threads(), "status": "running",
+        "corpus": corpus.describe(), "width_depth_rule": width_depth_rule(cfg.preset),
+        "threads": torch.get_num_threads(), "device": str(dev), "status": "running",
     }
     store = RunStore.create(out, meta, exist_ok=resume)
     monitor = None
@@ -125,8 +148,8 @@ def train(cfg: TrainConfig, out_dir: str | os.PathLike, *, resume: bool = False,
             f = lr_factor(step, cfg)
             for g, base in zip(optimizer.param_groups, base_lrs, strict=True):
                 g["lr"] = base * f
-            x, y = corpus.get_batch("train", cfg.batch_size, block_size, gen)
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.bf16_autocast):
+            x, y = corpus.get_batch("train", cfg.batch_size, block_size, gen, dev)
+            with _autocast(dev, cfg):
                 _, loss = model(x, y)
             loss.backward()
             optimizer.step()
@@ -143,7 +166,7 @@ def train(cfg: TrainConfig, out_dir: str | os.PathLike, *, resume: bool = False,
             if step % 10 == 0 or step == cfg.steps:
                 row["tokens_per_s"] = tps
             if step % cfg.eval_every == 0 or step == cfg.steps:
-                row["val_loss"] = evaluate(model, corpus, cfg, block_size)
+                row["val_loss"] = evaluate(model, corpus, cfg, block_size, dev)
             store.log_metrics(step, **row)
             if step % cfg.checkpoint_every == 0:
                 store.flush()

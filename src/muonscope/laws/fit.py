@@ -5,7 +5,13 @@ stable ones; within a run, matrices of the same (layer_type, rel_depth) are comb
 mean (one point per run and group; rel_depth rounded to 3 decimals so slightly different depth
 grids of different models line up); fit log s = log C − α log M per (layer_type, rel_depth, q);
 test per (layer_type, rel_depth) whether the quantiles share α. Groups with fewer than 3 sizes of
-stable runs are listed in ``skipped`` with the reason, never fitted silently.
+usable runs are listed in ``skipped`` with the reason, never fitted silently.
+
+Which trajectories are used: the stable ones at their stabilized value, and the flagged ones whose
+tail drift |d log s/dt| is at most ``drift_tolerance`` (log units per 1000 steps; default 0.25,
+i.e. under 2.5 % per 100 steps) at their tail value, so that a burn-in rule tuned for small models
+does not silently drop the largest, slowest ones. Every trajectory's row in ``stabilization``
+says whether it was used and why (``used``, ``use``); :meth:`Laws.excluded` lists the rest.
 
 Width rule: per group, r = min(rows, cols) is fitted as r ∝ M^β; a spectrum of unchanged shape
 gives α = β/2 (flat spectrum: s = 1/√r), reported next to every exponent as ``alpha_flat``.
@@ -44,6 +50,8 @@ class Laws:
     and CI (see :func:`stabilize`). ``fits``: one :class:`PowerLawFit` per fitted group.
     ``shared``: the shared-exponent tests. ``skipped``: groups not fitted, with the reason.
     ``runs``: per run: run_id, model_params, n_blocks. ``settings``: how it was all computed.
+    ``convergence``: optional verdicts per (layer_type, rel_depth, q) from
+    :func:`~muonscope.laws.convergence.convergence_table` (key ``"{layer_type}|{rel_depth}|{q}"``).
     """
 
     fits: list[PowerLawFit]
@@ -53,6 +61,20 @@ class Laws:
     runs: list[dict] = field(default_factory=list)
     quantiles: list[float] = field(default_factory=list)
     settings: dict = field(default_factory=dict)
+    convergence: dict = field(default_factory=dict)
+
+    def excluded(self) -> pd.DataFrame:
+        """Trajectories left out of the fits: run, matrix, q, model size and why."""
+        st = self.stabilization
+        if "used" not in st.columns:
+            st = st.assign(used=st["stable"], use=st["reason"])
+        cols = ["run_id", "param", "q", "model_params", "use", "tail_drift"]
+        return st.loc[~st["used"].astype(bool), [c for c in cols if c in st.columns]].reset_index(drop=True)
+
+    def converged(self, layer_type: str, rel_depth: float, q: float) -> bool | None:
+        """Convergence verdict of one exponent over training time (None: not assessed)."""
+        v = self.convergence.get(convergence_key(layer_type, rel_depth, q))
+        return None if v is None else bool(v["converged"])
 
     def layer_types(self) -> list[str]:
         return sorted({f.layer_type for f in self.fits})
@@ -117,19 +139,43 @@ def _width_exponent(sizes: np.ndarray, widths: np.ndarray) -> float:
     return float(xc @ (r - r.mean()) / (xc @ xc))
 
 
+def convergence_key(layer_type: str, rel_depth: float, q: float) -> str:
+    depth = "nan" if rel_depth is None or math.isnan(rel_depth) else f"{round(float(rel_depth), 3):g}"
+    return f"{layer_type}|{depth}|{float(q):g}"
+
+
+DRIFT_TOLERANCE = 0.25  # log units per 1000 steps
+
+
+def mark_used(stab: pd.DataFrame, drift_tolerance: float | None) -> pd.DataFrame:
+    """Add ``used``, ``use`` (why) and ``value_used`` to a stabilization table."""
+    stable = stab["stable"].astype(bool)
+    tol = -1.0 if drift_tolerance is None else float(drift_tolerance)
+    kept = ~stable & stab["tail_drift"].abs().le(tol) & np.isfinite(stab["tail_value"]) & (stab["tail_value"] > 0)
+    use = np.where(stable, "stable", np.where(
+        kept, [f"kept at tail value: drift {d:+.3f}/1000 steps within ±{tol:g}" for d in stab["tail_drift"]],
+        "excluded: " + stab["reason"].astype(str)))
+    return stab.assign(used=stable | kept, use=use, value_used=np.where(stable, stab["value"], stab["tail_value"]))
+
+
 def fit_laws(df: pd.DataFrame, qs=None, *, source: str | None = None,
              settings: StabilizeSettings | None = None, level: float = 0.95, n_boot: int = 2000,
-             seed: int = 0) -> Laws:
-    """Stabilize, aggregate and fit every (layer_type, rel_depth, q) group of spectral records."""
+             seed: int = 0, drift_tolerance: float | None = DRIFT_TOLERANCE) -> Laws:
+    """Stabilize, aggregate and fit every (layer_type, rel_depth, q) group of spectral records.
+
+    ``drift_tolerance=None`` uses stable trajectories only (the strict burn-in rule)."""
+    if drift_tolerance is not None and not (math.isfinite(drift_tolerance) and drift_tolerance >= 0):
+        raise FitError(f"drift_tolerance must be a non-negative number (log units per 1000 steps) or None, "
+                       f"got {drift_tolerance!r}")
     settings = settings or StabilizeSettings()
-    stab = stabilize(df, qs, source=source, settings=settings)
+    stab = mark_used(stabilize(df, qs, source=source, settings=settings), drift_tolerance)
     sizes_all = sorted(stab["model_params"].unique().tolist())
     if len(sizes_all) < 3:
         raise FitError(f"power laws need runs at 3 or more model sizes; the records hold "
                        f"{len(sizes_all)} ({', '.join(f'{m:.3g}' for m in sizes_all)}): add runs at more sizes")
     qs = sorted(stab["q"].unique().tolist())
     st = stab.assign(_depth=stab["rel_depth"].fillna(-1.0))
-    good = st[st["stable"]].assign(_logv=lambda d: np.log(d["value"]), _logw=lambda d: np.log(
+    good = st[st["used"]].assign(_logv=lambda d: np.log(d["value_used"]), _logw=lambda d: np.log(
         np.minimum(d["rows"], d["cols"]).where(lambda r: r > 0).astype(np.float64)))
     per_run = (good.groupby(["layer_type", "_depth", "q", "run_id"], sort=True)
                .agg(model_params=("model_params", "first"), logv=("_logv", "mean"),
@@ -144,8 +190,8 @@ def fit_laws(df: pd.DataFrame, qs=None, *, source: str | None = None,
         g = per_run[(per_run.layer_type == lt) & (per_run._depth == depth) & (per_run.q == q)]
         n_sizes = g["model_params"].nunique()
         if n_sizes < 3:
-            flagged = g_all[~g_all["stable"]]
-            why = (f"{n_sizes} model size(s) with stable runs (need 3)"
+            flagged = g_all[~g_all["used"]]
+            why = (f"{n_sizes} model size(s) with usable runs (need 3)"
                    + (f"; {flagged.run_id.nunique()} run(s) flagged: {flagged.reason.iloc[0]}" if len(flagged) else ""))
             skipped.append({"layer_type": lt, "rel_depth": rel, "q": float(q), "reason": why})
             continue
@@ -176,8 +222,8 @@ def fit_laws(df: pd.DataFrame, qs=None, *, source: str | None = None,
         runs.append({"run_id": str(run_id), "model_params": int(g["model_params"].iloc[0]),
                      "n_blocks": int(blocks.max() + 1) if len(blocks) else None,
                      "n_matrices": int(g["param"].nunique()),
-                     "n_flagged": int((~g["stable"]).sum())})
-    cfg = {"source": source, "level": level, "n_boot": n_boot, "seed": seed,
+                     "n_flagged": int((~g["stable"]).sum()), "n_excluded": int((~g["used"]).sum())})
+    cfg = {"source": source, "level": level, "n_boot": n_boot, "seed": seed, "drift_tolerance": drift_tolerance,
            "stabilize": {k: getattr(settings, k) for k in settings.__dataclass_fields__}}
     return Laws(fits=fits, stabilization=stab, shared=shared, skipped=skipped, runs=runs,
                 quantiles=[float(q) for q in qs], settings=cfg)

@@ -97,7 +97,7 @@ def laws_to_dict(laws) -> dict:
         "format": FORMAT, "quantiles": laws.quantiles, "settings": laws.settings, "runs": laws.runs,
         "fits": [_fit_to_dict(f) for f in laws.fits],
         "shared_exponent": [_shared_to_dict(t) for t in laws.shared],
-        "skipped": laws.skipped,
+        "skipped": laws.skipped, "convergence": laws.convergence,
         "stabilization": {"columns": stab_cols, "data": data},
     })
 
@@ -111,7 +111,8 @@ def laws_from_dict(d: dict):
     try:
         stab_d = d.get("stabilization") or {"columns": [], "data": []}
         stab = pd.DataFrame(stab_d["data"], columns=stab_d["columns"])
-        for col in ("rel_depth", "value", "ci_low", "ci_high", "log_se", "band", "drift"):
+        for col in ("rel_depth", "value", "ci_low", "ci_high", "log_se", "band", "drift", "tail_value",
+                    "tail_drift", "value_used"):
             if col in stab:
                 stab[col] = pd.to_numeric(stab[col], errors="coerce").astype(np.float64)
         return Laws(
@@ -119,7 +120,7 @@ def laws_from_dict(d: dict):
             shared=[_shared_from_dict(t) for t in d.get("shared_exponent", [])],
             skipped=[{**s, "rel_depth": _f(s.get("rel_depth"))} for s in d.get("skipped", [])],
             runs=list(d.get("runs", [])), quantiles=[float(q) for q in d.get("quantiles", [])],
-            settings=dict(d.get("settings", {})),
+            settings=dict(d.get("settings", {})), convergence=dict(d.get("convergence", {})),
         )
     except (KeyError, TypeError, ValueError) as exc:
         raise ConfigError(f"malformed laws file: {exc!r}; regenerate it with `muonscope fit`") from exc

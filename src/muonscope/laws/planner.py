@@ -38,7 +38,7 @@ from muonscope.laws.criterion import (
     statistic,
 )
 from muonscope.laws.design import design_name, design_schedule, round_down_2sig
-from muonscope.laws.fit import Laws, same_depth
+from muonscope.laws.fit import Laws, convergence_key, same_depth
 from muonscope.laws.powerlaw import Prediction
 from muonscope.orth.analysis import ns_matmuls, threshold
 from muonscope.orth.schedules import BUILTIN_NAMES, Schedule, get_schedule
@@ -167,6 +167,9 @@ class Plan:
     params: dict[str, LayerChoice] = field(default_factory=dict)
     default: LayerChoice | None = None
     criterion: Criterion = LIFT_MEDIAN
+    #: exponents the plan extrapolates that have not converged over training time ("layer_type|depth|q");
+    #: None when the laws carry no convergence verdicts
+    unconverged: list[str] | None = None
 
     def schedules(self) -> dict[str, Schedule]:
         """Non-built-in schedules the plan refers to (designed ones), by name."""
@@ -210,6 +213,8 @@ class Plan:
             "params": {n: c.config() for n, c in sorted(self.params.items())},
             "layer_types": {t: summary(c) for t, c in sorted(self.by_type.items())},
             "depths": [summary(c) for c in self.by_depth],
+            "exponents_converged": None if self.unconverged is None else not self.unconverged,
+            "unconverged_exponents": self.unconverged,
         }
         if self.default is not None:
             d["default"] = {k: v for k, v in self.default.config().items() if k != "layer_type"}
@@ -296,7 +301,14 @@ def make_plan(laws: Laws, target_params: float, *, quantile: float = 0.5, rho: f
     params: dict[str, LayerChoice] = {}
     for name, (lt, depth) in (names or {}).items():
         params[base_name(name)] = _choice_for(by_depth, by_type, default, str(lt), depth, demand)
-    return Plan(m, float(quantile), float(rho), float(level), by_depth, by_type, params, default, criterion)
+    unconverged = None
+    if laws.convergence:
+        used = [g for f in fits for g in laws.fits if g.layer_type == f.layer_type and same_depth(g.rel_depth, f.rel_depth)
+                and (criterion.kind == "statistic" or g.q == f.q)]
+        unconverged = sorted({convergence_key(g.layer_type, g.rel_depth, g.q) for g in used
+                              if laws.converged(g.layer_type, g.rel_depth, g.q) is False})
+    return Plan(m, float(quantile), float(rho), float(level), by_depth, by_type, params, default, criterion,
+                unconverged)
 
 
 def choose_by_statistic(spectrum: np.ndarray, criterion: Criterion, *, families: Sequence[str] = FAMILIES,

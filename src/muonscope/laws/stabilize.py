@@ -17,6 +17,11 @@ Rule (per run, matrix and quantile level; on y_t = log s_q at the sampled steps,
    drift by ×2 over the run is flagged 96% of the time, by ×1.5 about 40% of the time; a
    stable run's rolling median stays within 2δ of the final level L, which bounds the bias.)
 
+Tail value (every trajectory, stable or not): exp(mean of y) over the last ``tail_frac`` of the
+samples, with ``tail_drift``, the OLS slope of y over the last half of the samples in log units
+per 1000 steps. A fit may keep a flagged trajectory at its tail value when that drift is within a
+stated tolerance (:func:`~muonscope.laws.fit.fit_laws`, ``drift_tolerance``).
+
 Stabilized value: exp(mean of y) over the settled second half of the stable segment (a geometric
 mean; the first half may still carry up to a band's worth of the decaying transient, which would
 bias the mean by about one standard error), with a percentile confidence interval from a
@@ -80,6 +85,8 @@ class Stabilization:
     log_se: float  # bootstrap standard error of that mean of log s
     band: float  # δ, half-width of the tolerance band in log units
     drift: float  # OLS change of log s across the stable segment
+    tail_value: float = float("nan")  # exp(mean log s) over the last tail_frac of the samples
+    tail_drift: float = float("nan")  # OLS slope of log s over the last half of the samples, per 1000 steps
 
 
 def quantile_levels(df: pd.DataFrame) -> list[float]:
@@ -134,16 +141,21 @@ def detect_stabilization(steps, values, settings: StabilizeSettings | None = Non
     n = y.size
     nan = float("nan")
 
+    n_tail = max(1, int(math.ceil(st.tail_frac * n)))
+    tail_value = math.exp(float(y[n - n_tail:].mean())) if n else nan
+    half = slice(n // 2, n)
+    tail_drift = 1000 * _drift(steps[half].astype(np.float64), y[half])[0] / max(float(np.ptp(steps[half])), 1.0) \
+        if n >= 6 else nan
+
     def flagged(reason: str, band=nan, drift=nan, idx=None) -> Stabilization:
         return Stabilization(False, reason, n, n_dropped,
                              int(steps[idx]) if idx is not None else None, idx,
-                             nan, nan, nan, nan, band, drift)
+                             nan, nan, nan, nan, band, drift, tail_value, tail_drift)
 
     if n < st.min_points:
         return flagged(f"only {n} positive samples (need {st.min_points}); sample the run more often")
     w = max(3, int(round(st.window_frac * n)) | 1)
     m = _rolling_median(y, w)
-    n_tail = max(1, int(math.ceil(st.tail_frac * n)))
     level = float(np.median(y[n - n_tail:]))  # L
     d = np.diff(y)
     sigma = 1.4826 * float(np.median(np.abs(d - np.median(d)))) / math.sqrt(2)
@@ -168,7 +180,8 @@ def detect_stabilization(steps, values, settings: StabilizeSettings | None = Non
     alpha = (1 - st.level) / 2
     lo, hi = np.quantile(boots, [alpha, 1 - alpha])
     return Stabilization(True, "", n, n_dropped, int(steps[start]), start, math.exp(float(ys.mean())),
-                         math.exp(float(lo)), math.exp(float(hi)), float(boots.std(ddof=1)), band, change)
+                         math.exp(float(lo)), math.exp(float(hi)), float(boots.std(ddof=1)), band, change,
+                         tail_value, tail_drift)
 
 
 def select_source(df: pd.DataFrame, source: str | None) -> pd.DataFrame:
@@ -225,7 +238,7 @@ def stabilize(df: pd.DataFrame, qs=None, *, source: str | None = None,
 
     Columns: run_id, param, layer_type, block, rel_depth, model_params, rows, cols, q, column,
     stable, reason, n_points, n_dropped, burn_in_step, first_step, last_step, value, ci_low,
-    ci_high, log_se, band, drift. ``rel_depth`` is rounded to 3 decimals (the grouping key of
+    ci_high, log_se, band, drift, tail_value, tail_drift. ``rel_depth`` is rounded to 3 decimals (the grouping key of
     the power-law fits).
     """
     from muonscope.spectra.metrics import quantile_column

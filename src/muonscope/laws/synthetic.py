@@ -54,7 +54,7 @@ def synthetic_records(sizes: Sequence[float], *, alpha: float | Callable[[str, f
                     trend = (1 + burn_in_amp * np.exp(-steps / tau)) * np.exp(noise)
                     base = {"run_id": run_id, "param": f"blocks.{b}.{lt}.weight", "layer_type": lt, "block": b,
                             "rel_depth": d, "rows": shape[0], "cols": shape[1], "model_params": int(m),
-                            "source": "ns_input", "process_rank": 0}
+                            "source": "ns_input", "process_rank": 0, "seed": sd}
                     for i, st in enumerate(steps):
                         rec = dict(base, step=int(st))
                         for q in qs:

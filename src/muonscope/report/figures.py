@@ -219,3 +219,38 @@ def plot_failed_share(spectra, *, path) -> Path:
     if axes:
         axes[0].legend(fontsize=7)
     return _save(fig, plt, path)
+
+
+def plot_alpha_over_time(alpha_t, *, path, tolerance: float | None = None) -> Path:
+    """α(t) per quantile level (rows) and relative depth (columns), one line per layer type with its
+    sizes-and-seeds bootstrap band: an exponent has converged where its line is flat."""
+    plt = _plt()
+    qs = sorted(alpha_t["q"].unique())
+    depths = sorted(alpha_t["rel_depth"].dropna().unique()) or [float("nan")]
+    types = [x for x in LAYER_ORDER if x in set(alpha_t["layer_type"])] + \
+        sorted(set(alpha_t["layer_type"]) - set(LAYER_ORDER))
+    cmap = plt.get_cmap("tab10")
+    fig, axes = plt.subplots(len(qs), len(depths), figsize=(3.6 * len(depths), 2.6 * len(qs)), dpi=110,
+                             squeeze=False, sharex=True)
+    for i, q in enumerate(qs):
+        for j, d in enumerate(depths):
+            ax = axes[i][j]
+            sel = alpha_t[(alpha_t.q == q) & ((alpha_t.rel_depth == d) if d == d else alpha_t.rel_depth.isna())]
+            for k, lt in enumerate(types):
+                g = sel[sel.layer_type == lt].sort_values("end")
+                if g.empty:
+                    continue
+                ax.plot(g.end, g.alpha, "-o", ms=2.5, lw=1.3, color=cmap(k), label=lt)
+                ax.fill_between(g.end, g.alpha_lo, g.alpha_hi, color=cmap(k), alpha=0.12, lw=0)
+            ax.axhline(0.25, color="k", ls="--", lw=0.7)
+            ax.set_title(f"q={q:g}, depth {d:g}", fontsize=9)
+            ax.grid(True, alpha=0.3)
+            if j == 0:
+                ax.set_ylabel("α (window ending at step)")
+            if i == len(qs) - 1:
+                ax.set_xlabel("training step (window end)")
+    axes[0][0].legend(fontsize=7, ncol=2)
+    note = f"; converged: |dα/dt| ≤ {tolerance:g} per 1000 steps" if tolerance else ""
+    fig.suptitle("Exponents over training time (dashed: same-shape baseline 0.25; bands: bootstrap over "
+                 f"sizes and seeds{note})", fontsize=10)
+    return _save(fig, plt, path)

@@ -297,15 +297,17 @@ def find_runs(paths: Iterable[str | os.PathLike]) -> list[Path]:
     return found
 
 
-def read_runs(paths: Iterable[str | os.PathLike], table: str = "spectra"):
-    """Several runs' ``table`` as one pandas DataFrame (paths may be sweep directories)."""
+def read_runs(paths: Iterable[str | os.PathLike], table: str = "spectra", meta: Sequence[str] = ()):
+    """Several runs' ``table`` as one pandas DataFrame (paths may be sweep directories); each key of
+    ``meta`` (e.g. ``"seed"``, ``"preset"``) becomes a column holding that run's run.json value."""
     import pandas as pd
 
     frames = []
     for p in find_runs(paths):
-        df = RunStore.open(p).table(table).to_pandas()
+        store = RunStore.open(p)
+        df = store.table(table).to_pandas()
         if len(df):
-            frames.append(df)
+            frames.append(df.assign(**{k: store.meta.get(k) for k in meta}))
     if not frames:
         raise StoreError(f"no {table} rows found in {', '.join(map(str, paths))}")
     return pd.concat(frames, ignore_index=True)
