@@ -96,3 +96,16 @@ def test_plan_lists_unconverged_exponents_it_extrapolates(tmp_path):
     assert "mlp_down|1|0.5" in d["unconverged_exponents"]
     assert again.converged("q", 0.25, 0.5) is False and again.converged("q", 0.25, 0.3) is None
     assert math.isfinite(d["target_params"])
+
+
+def test_compare_exponents_of_two_families():
+    from muonscope.laws.compare import compare_exponents
+
+    a = fit_laws(synthetic_records(SIZES, alpha=0.25, layer_types=("q",), qs=(0.5,), burn_in_amp=0.0), n_boot=200)
+    b = fit_laws(synthetic_records(SIZES, alpha=0.40, layer_types=("q",), qs=(0.5,), burn_in_amp=0.0, seed=3),
+                 n_boot=200)
+    t = compare_exponents(a, b, ("w", "d"))
+    assert len(t) == 4 and set(t.rel_depth) == {0.25, 0.5, 0.75, 1.0}
+    assert t.delta.to_numpy() == pytest.approx(0.15, abs=0.03)
+    assert t.excess_w.to_numpy() == pytest.approx(0.0, abs=0.03)  # widths ∝ √M: α_flat = 0.25
+    assert not t.intervals_overlap.any()

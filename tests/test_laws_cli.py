@@ -58,7 +58,7 @@ def laws_path(sweep, tmp_path_factory):
     r = subprocess.run([sys.executable, "-m", "muonscope.cli", "fit", str(sweep), "-o", str(path), "--boot", "200"],
                        capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
-    assert "mlp_up" in r.stdout and "flagged (not stabilized, not fitted): 0" in r.stdout
+    assert "mlp_up" in r.stdout and "flagged by the burn-in rule: 0" in r.stdout
     return path
 
 
@@ -168,3 +168,26 @@ def test_fit_table_is_a_pure_function(laws_path):
     console.print(fit_table(load_laws(laws_path)))
     text = console.export_text()
     assert "mlp_up" in text and "0.6" in text and "4 sizes" in text
+
+
+def test_convergence_and_compare_commands(cli, sweep, laws_path, tmp_path):
+    import shutil
+
+    laws_copy = tmp_path / "laws.json"
+    shutil.copy(laws_path, laws_copy)
+    code, out, err = cli("convergence", sweep, "-o", tmp_path / "conv", "--laws", laws_copy, "--boot", "100")
+    assert code in (0, None), err
+    for name in ("alpha_over_time.csv", "convergence.csv", "alpha_over_time.png"):
+        assert (tmp_path / "conv" / name).stat().st_size > 0
+    assert "exponent convergence" in out
+    laws = load_laws(laws_copy)
+    assert len(laws.convergence) == 2 * 2 * 3  # layer types × depths × q
+    code, out, err = cli("compare", laws_path, laws_copy, "--names", "old,new", "-o", tmp_path / "cmp.csv")
+    assert code in (0, None), err
+    import pandas as pd
+
+    t = pd.read_csv(tmp_path / "cmp.csv")
+    assert len(t) == 12 and (t.delta.abs() < 1e-12).all()  # same fits: no difference
+    one_line_error(cli("compare", laws_path, laws_copy, "--names", "x"))
+    one_line_error(cli("convergence", sweep, "-o", tmp_path / "c2", "--width", "0"))
+    assert not (tmp_path / "c2").exists()

@@ -162,6 +162,13 @@ def test_parallel_sweep_shares_one_job_list(tmp_path):
         assert not store.spectra().duplicated(["step", "param"]).any()
     again = run_sweep(runs, tmp_path, progress=False, jobs=2, threads=1)  # all complete: nothing retrained
     assert [r["run"] for r in again] == [r["run"] for r in rows]
+    from muonscope.experiments.lr_check import best_lrs, lr_check_table
+
+    table = lr_check_table([tmp_path])
+    assert len(table) == 4 and set(table.lr) == {0.01, 0.02}
+    best = best_lrs(table)
+    mean = table.groupby("lr").final_val_loss.mean()
+    assert len(best) == 1 and best.best_lr.iloc[0] == mean.idxmin() and bool(best.at_grid_edge.iloc[0])
     with pytest.raises(ConfigError, match="twice"):
         plan_sweep(base, presets=("tiny", "tiny"))
     with pytest.raises(ConfigError, match="jobs"):

@@ -129,6 +129,39 @@ def convergence_cmd(
     console.print(f"wrote {out}/alpha_over_time.csv, convergence.csv, alpha_over_time.png")
 
 
+@app.command("compare")
+def compare_cmd(
+    first: Path = typer.Argument(..., help="Laws JSON (e.g. the width family)."),
+    second: Path = typer.Argument(..., help="Laws JSON to compare with (e.g. the depth family)."),
+    names: str = typer.Option("a,b", "--names", help="Two labels for the columns."),
+    out: Path = typer.Option(None, "--out", "-o", help="CSV of the side-by-side table."),
+) -> None:
+    """Exponents of two fits side by side: alpha, intervals, sizes used, and the excess over each
+    family's same-shape baseline."""
+    from muonscope.laws.compare import compare_exponents
+    from muonscope.laws.io import load_laws
+
+    labels = csv_list(names)
+    if len(labels) != 2 or labels[0] == labels[1]:
+        fail("--names needs two different labels, e.g. width,depth")
+    t = compare_exponents(load_laws(first), load_laws(second), tuple(labels))
+    if t.empty:
+        fail("the two fits share no (layer type, depth, q) group")
+    a, b = labels
+    table = Table(title=f"exponents: {a} ({first}) vs {b} ({second}); median by q")
+    for col in ("q", "groups", f"alpha {a}", f"alpha {b}", "median delta", f"excess {a}", f"excess {b}", "overlap"):
+        table.add_column(col, justify="right")
+    for q, g in t.groupby("q"):
+        table.add_row(f"{q:g}", str(len(g)), f"{g[f'alpha_{a}'].median():.3f}", f"{g[f'alpha_{b}'].median():.3f}",
+                      f"{g.delta.median():+.3f}", f"{g[f'excess_{a}'].median():+.3f}",
+                      f"{g[f'excess_{b}'].median():+.3f}", f"{int(g.intervals_overlap.sum())}/{len(g)}")
+    console.print(table)
+    if out is not None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        t.to_csv(out, index=False, float_format="%.5g")
+        console.print(f"wrote {out}")
+
+
 def parse_size(text: str) -> float:
     units = {"k": 1e3, "m": 1e6, "b": 1e9, "g": 1e9, "t": 1e12}
     t = text.strip().lower().replace("_", "").replace(",", "")

@@ -74,9 +74,7 @@ def train(
 
 def sweep_table(rows: list[dict], planned: int, out) -> Table:
     """One row per sweep run: size, steps, status, final validation loss, throughput."""
-    from muonscope.experiments.model import PRESETS
-
-    table = Table(title=f"sweep {out} ({len(rows)}/{planned} runs done; presets: {', '.join(PRESETS)})")
+    table = Table(title=f"sweep {out}: {len(rows)}/{planned} runs done")
     for col in ("run", "model_params", "steps", "status", "final_val_loss", "tokens_per_s"):
         table.add_column(col, justify="left" if col in ("run", "status") else "right")
     for r in rows:
@@ -132,3 +130,32 @@ def sweep(
     except ConfigError as exc:
         fail(str(exc))
     console.print(sweep_table(rows, len(runs), out))
+
+
+@app.command("lr-check")
+def lr_check(
+    runs: list[Path] = typer.Argument(..., help="Sweep directories of an lr check (`muonscope sweep --lr a,b,c`)."),
+    out: Path = typer.Option(..., "--out", "-o", help="Directory for lr_check.csv, best_lr.csv and lr_check.png."),
+) -> None:
+    """Best Muon lr per model size and lr-scaling rule: does the lr rule transfer across sizes?"""
+    from muonscope.errors import StoreError
+    from muonscope.experiments.lr_check import best_lrs, lr_check_table
+    from muonscope.report.figures import plot_lr_check
+
+    try:
+        table = lr_check_table(runs)
+    except StoreError as exc:
+        fail(str(exc))
+    best = best_lrs(table)
+    out.mkdir(parents=True, exist_ok=True)
+    table.to_csv(out / "lr_check.csv", index=False, float_format="%.5g")
+    best.to_csv(out / "best_lr.csv", index=False, float_format="%.5g")
+    plot_lr_check(table, path=out / "lr_check.png")
+    t = Table(title="best Muon lr per size (final validation loss)")
+    for col in ("adjust_lr_fn", "model_params", "best_lr", "best_val_loss", "at grid edge"):
+        t.add_column(col, justify="right")
+    for r in best.itertuples():
+        t.add_row(r.adjust_lr_fn, f"{r.model_params:,}", f"{r.best_lr:g}", f"{r.best_val_loss:.4f}",
+                  "yes" if r.at_grid_edge else "")
+    console.print(t)
+    console.print(f"wrote {out}/lr_check.csv, best_lr.csv, lr_check.png")

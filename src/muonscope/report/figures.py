@@ -254,3 +254,25 @@ def plot_alpha_over_time(alpha_t, *, path, tolerance: float | None = None) -> Pa
     fig.suptitle("Exponents over training time (dashed: same-shape baseline 0.25; bands: bootstrap over "
                  f"sizes and seeds{note})", fontsize=10)
     return _save(fig, plt, path)
+
+
+def plot_lr_check(table, *, path) -> Path:
+    """Final validation loss against lr, one panel per lr-scaling rule, one line per model size."""
+    plt = _plt()
+    rules = sorted(table["adjust_lr_fn"].unique())
+    fig, axes = _grid(len(rules), plt, width=5.0, height=3.6)
+    colors = _size_colors(table["model_params"], plt)
+    for ax, fn in zip(axes, rules, strict=True):
+        t = table[table.adjust_lr_fn == fn]
+        for m, g in t.groupby("model_params"):
+            g = g.groupby("lr", as_index=False)["final_val_loss"].mean().sort_values("lr")
+            ax.plot(g.lr, g.final_val_loss, "-o", ms=4, color=colors[m], label=f"M={m / 1e6:.2f}M")
+            best = g.loc[g.final_val_loss.idxmin()]
+            ax.plot([best.lr], [best.final_val_loss], "*", ms=11, color=colors[m])
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("Muon lr")
+        ax.set_ylabel("final validation loss")
+        ax.set_title(f"adjust_lr_fn = {fn}  (star: best lr per size)", fontsize=9)
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=7)
+    return _save(fig, plt, path)
