@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from muonscope.errors import ConfigError, MuonscopeError, NonFiniteError
+from muonscope.errors import ConfigError, MuonscopeError, NonFiniteError, UnsupportedParamError
 from muonscope.optim import Muon, MuonWithAdamW
 from muonscope.orth.matrix_ns import newton_schulz
 
@@ -77,8 +77,12 @@ def test_zero_and_none_gradients():
 
 
 def test_refuses_complex_sparse_and_vectors():
-    with pytest.raises(ConfigError, match="complex"):
-        Muon([nn.Parameter(torch.randn(4, 4, dtype=torch.complex64))])
+    c = nn.Parameter(torch.randn(4, 4, dtype=torch.complex64))
+    c.grad = torch.randn_like(c)
+    opt = Muon([c])  # as torch.optim.Muon: complex parameters fail when stepping, with a RuntimeError
+    with pytest.raises(UnsupportedParamError, match="complex"):
+        opt.step()
+    assert issubclass(UnsupportedParamError, RuntimeError)
     with pytest.raises(ConfigError, match="sparse"):
         Muon([torch.randn(4, 4).to_sparse().requires_grad_()])
     with pytest.raises(ConfigError, match="AdamW"):

@@ -30,3 +30,11 @@ class StoreError(MuonscopeError, OSError):
 
 class FitError(MuonscopeError, ValueError):
     """Data cannot support the requested fit (too few sizes, non-positive values, NaNs)."""
+
+
+class ParamTypeError(ConfigError, TypeError):
+    """Parameters given in a form an optimizer cannot take (e.g. one tensor instead of an iterable)."""
+
+
+class UnsupportedParamError(MuonscopeError, RuntimeError):
+    """A parameter the optimizer cannot update (complex dtype), found when stepping (as torch does)."""

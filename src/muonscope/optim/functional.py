@@ -1,6 +1,8 @@
 """The Muon step as plain functions of tensors (BRIEF §1).
 
-For a weight W (flattened to (out, rest) when it has more than two dims) with gradient G:
+For each (out, in) matrix W of a parameter (its matrix view, :mod:`muonscope.optim.views`: the
+parameter itself, its transpose, its (out, rest) flattening, or one expert of a stack) with
+gradient G:
 
     B ← lerp(B, G, 1−β)  ("ema", torch.optim.Muon)   or   B ← β·B + G  ("sum", heavy ball)
     X = lerp(G, B, β) ("ema") or G + β·B ("sum") with Nesterov, else X = B
@@ -8,7 +10,7 @@ For a weight W (flattened to (out, rest) when it has more than two dims) with gr
     W ← W·(1 − lr·wd) − lr·scale(m, n)·O
 
 with scale "original" √max(1, m/n) or "match_rms_adamw" 0.2·√max(m, n) for the m×n matrix that
-is orthogonalized (the flattened parameter or one row block of it).
+is orthogonalized (one matrix of the parameter's view, or one row block of it).
 
 :func:`muon_update` is the whole algorithm for one matrix. The optimizer runs the same math on
 many matrices at once: :func:`momentum_` (one multi-tensor op), :class:`Work` (one matrix to
@@ -24,6 +26,7 @@ from dataclasses import dataclass
 import torch
 
 from muonscope.optim import distributed as D
+from muonscope.optim.views import matrices, shares_storage
 from muonscope.orth.orthogonalizers import Orthogonalizer
 
 ADJUST_LR_FNS = (None, "original", "match_rms_adamw", "none")
@@ -73,7 +76,8 @@ def muon_update(grad: torch.Tensor, buf: torch.Tensor, orth: Orthogonalizer, *, 
 
 @dataclass
 class Work:
-    """One matrix to orthogonalize: a whole flattened parameter, or one row block of it.
+    """One matrix to orthogonalize: one (out, in) matrix of a parameter's view (``index`` = (matrix
+    index e, row slice or None) into :func:`~muonscope.optim.views.matrices`), or a row block of it.
 
     The NS input is formed only by the rank that orthogonalizes it, right before its NS call
     (:meth:`materialize`), so temporaries are reused bucket by bucket; ``matrix`` keeps it when
@@ -85,7 +89,7 @@ class Work:
     name: str
     matrix: torch.Tensor | None
     momentum: torch.Tensor | None
-    rows: slice | None
+    index: tuple[int, slice | None]
     orth: Orthogonalizer
     key: tuple
     flops: int
@@ -96,6 +100,13 @@ class Work:
     grad: torch.Tensor | None = None  # rows of the flattened gradient while the input is not formed
     update: torch.Tensor | None = None
     spectrum: torch.Tensor | None = None
+    view: str = "flatten"
+    expert: int | None = None  # index in an expert stack
+
+    @property
+    def whole(self) -> bool:
+        """Whether this matrix is the parameter's only one (no experts, no row split)."""
+        return self.index == (0, None) and self.expert is None
 
     @property
     def _recipe(self) -> tuple[float, bool, str]:
@@ -167,8 +178,13 @@ def orthogonalize(works: list[Work], want_spectrum: bool, retain: bool = False) 
                     w.spectrum = w.spectrum.to(torch.float64)
 
 
+def _as_param(update: torch.Tensor, view: str, shape: torch.Size) -> torch.Tensor:
+    """The update of a parameter's only (out, in) matrix, laid out as the parameter."""
+    return (update.mT if view in ("transposed", "experts_t") else update).reshape(shape)
+
+
 def apply_updates(works: list[Work]) -> None:
-    """W ← W·(1 − lr·wd) − lr·scale·O on each parameter's local data."""
+    """W ← W·(1 − lr·wd) − lr·scale·O on each parameter's local data, O written through its view."""
     by_param: dict[int, list[Work]] = {}
     for w in works:
         by_param.setdefault(id(w.param), []).append(w)
@@ -178,15 +194,21 @@ def apply_updates(works: list[Work]) -> None:
         local = D.local_part(p)
         if wd != 0.0:
             local.mul_(1 - lr * wd)
-        if pw[0].rows is None:
+        view = pw[0].view
+        if len(pw) == 1 and pw[0].whole:
             w = pw[0]
-            local.add_(D.shard_like(w.update.reshape(p.shape), p), alpha=-(lr * w.lr_ratio))
-        elif not D.is_dtensor(p) and p.is_contiguous():
-            view = p.flatten(1)
+            local.add_(D.shard_like(_as_param(w.update, view, p.shape), p), alpha=-(lr * w.lr_ratio))
+        elif not D.is_dtensor(p) and (p.is_contiguous() if view == "matrix" else shares_storage(p, view)):
+            mats = matrices(p, view)
             for w in pw:
-                view[w.rows].add_(w.update, alpha=-(lr * w.lr_ratio))
+                e, rows = w.index
+                (mats[e] if rows is None else mats[e][rows]).add_(w.update, alpha=-(lr * w.lr_ratio))
         else:
-            U = torch.cat([w.update.to(p.dtype) * w.lr_ratio for w in pw]).reshape(p.shape)
+            U = torch.zeros(p.shape, dtype=p.dtype, device=pw[0].device)
+            mats = matrices(U, view)
+            for w in pw:
+                e, rows = w.index
+                (mats[e] if rows is None else mats[e][rows]).copy_(w.update.to(p.dtype) * w.lr_ratio)
             local.add_(D.shard_like(U, p), alpha=-lr)
 
 

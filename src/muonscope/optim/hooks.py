@@ -20,8 +20,8 @@ class OrthEvent:
     """One orthogonalized matrix.
 
     ``matrix`` is the NS input before normalization (momentum or its Nesterov combination,
-    flattened to (out, rest); one row block for a split parameter, whose ``name`` then ends in
-    ``"[block i]"``); ``momentum`` the matching rows of the flattened momentum buffer;
+    one (out, in) matrix of the parameter's view; ``name`` ends in ``"[expert e]"`` for one expert
+    of a stack (``expert`` = e) and in ``"[block i]"`` for one row block of a split parameter); ``momentum`` the matching rows of the flattened momentum buffer;
     ``spectrum`` the normalized singular values σ/‖matrix‖_F (float64, descending,
     length min(rows, cols)) when any hook wanted it this step; ``update`` the orthogonalized matrix
     (in the orthogonalizer's compute dtype, e.g. bf16 for bf16 NS).
@@ -36,6 +36,7 @@ class OrthEvent:
     orthogonalizer: Orthogonalizer
     update: torch.Tensor
     process_rank: int = 0
+    expert: int | None = None
 
 
 @runtime_checkable

@@ -23,7 +23,13 @@ from torch.optim import Optimizer
 from torch.utils.hooks import RemovableHandle
 
 from muonscope.conventions import FAILURE_RHO
-from muonscope.errors import ConfigError, MuonscopeError, NonFiniteError
+from muonscope.errors import (
+    ConfigError,
+    MuonscopeError,
+    NonFiniteError,
+    ParamTypeError,
+    UnsupportedParamError,
+)
 from muonscope.optim import distributed as D
 from muonscope.optim import functional as F
 from muonscope.optim.adaptive import AdaptiveSteps, HybridControl
@@ -31,6 +37,7 @@ from muonscope.optim.functional import ADJUST_LR_FNS, MOMENTUM_FORMS, lr_ratio, 
 from muonscope.optim.hooks import OrthEvent
 from muonscope.optim.plan import Plan, load_plan
 from muonscope.optim.policy import ADAPTIVE, check_policy, configured, policy_key
+from muonscope.optim.views import canonical_name, check_view, matrices, matrix_shape, resolve
 from muonscope.orth.analysis import fidelity_stats
 from muonscope.orth.hybrid import HybridNS
 from muonscope.orth.matrix_ns import default_compute_dtype
@@ -39,6 +46,8 @@ from muonscope.orth.schedules import JORDAN, Schedule, get_schedule
 
 DEFAULT_NS_COEFFICIENTS = JORDAN
 NONFINITE_POLICIES = ("raise", "skip")
+OPTION_KEYS = ("lr", "weight_decay", "momentum", "nesterov", "ns_coefficients", "eps", "ns_steps", "adjust_lr_fn",
+               "schedule", "orthogonalizer", "momentum_form", "ns_dtype", "split")
 FIDELITY_KEYS = ("distortion", "frac_failed", "frac_failed_50", "ns_out_max")  # in stats["layers"] on sampled steps
 __all__ = ["ADJUST_LR_FNS", "DEFAULT_NS_COEFFICIENTS", "FIDELITY_KEYS", "MOMENTUM_FORMS", "Muon",
            "NONFINITE_POLICIES", "lr_ratio", "nonfinite_mask"]
@@ -80,14 +89,20 @@ class Muon(Optimizer):
 
     Args:
         params: tensors, ``model.named_parameters()`` (names then address plans and hooks; unnamed
-            parameters are called ``param{i}``) or param-group dicts. Every tensor needs ≥ 2 dims.
+            parameters are called ``param{i}``; ``torch.compile``'s ``_orig_mod.`` prefixes are
+            dropped) or param-group dicts. Every tensor needs ≥ 2 dims.
         schedule: NS schedule name or :class:`~muonscope.orth.schedules.Schedule`; None uses
             ``ns_coefficients`` (Jordan's by default) as a one-tuple schedule.
         orthogonalizer: "ns", "exact", a registered kind, or an ``Orthogonalizer`` instance.
         momentum_form: "ema" (B ← lerp(B, G, 1−β), torch / Keller Jordan) or "sum" (B ← βB + G).
         ns_dtype: NS compute dtype (None: bf16 on CUDA, fp32 elsewhere).
         split: orthogonalize row blocks separately: an int k (equal blocks, e.g. heads) or a list
-            of row counts (e.g. fused QKV ``[d, d, d]``).
+            of row counts (e.g. fused QKV ``[d, d, d]``); rows of each (out, in) matrix of the view.
+        views: {parameter name or regex: matrix view} (:mod:`muonscope.optim.views`): how a
+            parameter is read as a batch of (out, in) matrices: "matrix", "transposed" (HF
+            ``Conv1D``), "flatten" (conv kernels), "experts" ((E, out, in) expert stacks, one
+            matrix per expert), "experts_t" ((E, in, out)). Undeclared ones are inferred from
+            name and shape; ``views=infer_views(model)`` reads them from the module structure.
         nonfinite: "raise" (``NonFiniteError`` naming the parameters, nothing touched) or "skip"
             (those parameters and their momentum left unchanged; counted in ``stats``).
         ns_steps: steps per NS call, None (the schedule's default) or ``"adaptive"``: per matrix,
@@ -133,11 +148,13 @@ class Muon(Optimizer):
         max_steps: int | None = None,
         policies: Sequence = (),
         controllers: Sequence = (),
+        views: dict[str, str] | None = None,
     ) -> None:
         if nonfinite not in NONFINITE_POLICIES:
             raise ConfigError(f"nonfinite must be one of {NONFINITE_POLICIES}, got {nonfinite!r}")
         if isinstance(params, torch.Tensor):
-            raise ConfigError("params must be an iterable of tensors, (name, tensor) pairs or dicts")
+            raise ParamTypeError("params argument given to the optimizer should be an iterable of Tensors or "
+                                 f"dicts, but got {torch.typename(params)}; pass [tensor] or model.parameters()")
         defaults = dict(
             lr=lr, weight_decay=weight_decay, momentum=momentum, nesterov=nesterov,
             ns_coefficients=ns_coefficients, eps=eps, ns_steps=ns_steps, adjust_lr_fn=adjust_lr_fn,
@@ -149,6 +166,8 @@ class Muon(Optimizer):
         self.plan: Plan | None = load_plan(plan) if plan is not None else None
         self._distributed = distributed
         self._process_group = process_group
+        self.views = {canonical_name(k): check_view(v) for k, v in (views or {}).items()}
+        self._view_cache: dict[str, str] = {}
         self._init_runtime()
         params = list(params)
         if not params:
@@ -180,7 +199,7 @@ class Muon(Optimizer):
         """Check and normalize one group's options in place (values stay checkpoint-safe)."""
         lr = group["lr"]
         if isinstance(lr, torch.Tensor) and lr.numel() != 1:
-            raise ConfigError("a tensor lr must have exactly one element")
+            raise ConfigError(f"Tensor lr must be 1-element, got shape {tuple(lr.shape)}")
         if not float(lr) >= 0.0:
             raise ConfigError(f"lr must be >= 0, got {lr}")
         if not float(group["momentum"]) >= 0.0:
@@ -190,7 +209,8 @@ class Muon(Optimizer):
         if not float(group["eps"]) > 0.0:
             raise ConfigError(f"eps must be > 0, got {group['eps']}")
         if group["adjust_lr_fn"] not in ADJUST_LR_FNS:
-            raise ConfigError(f"adjust_lr_fn must be one of {ADJUST_LR_FNS}, got {group['adjust_lr_fn']!r}")
+            raise ConfigError(f"Adjust learning rate function {group['adjust_lr_fn']} is not supported; "
+                              f"adjust_lr_fn must be one of {ADJUST_LR_FNS}")
         if group["momentum_form"] not in MOMENTUM_FORMS:
             raise ConfigError(f"momentum_form must be one of {MOMENTUM_FORMS}, got {group['momentum_form']!r}")
         try:
@@ -220,31 +240,38 @@ class Muon(Optimizer):
         group = self.param_groups[-1]
         try:
             self._validate_options(group)
-            for p in group["params"]:
-                self._check_param(p, group)
+            start = sum(len(g["params"]) for g in self.param_groups[:-1])
+            names = group.get("param_names")
+            for j, p in enumerate(group["params"]):
+                self._check_param(names[j] if names is not None else f"param{start + j}", p, group)
         except Exception:
             self.param_groups.pop()
             raise
         if getattr(self, "_constructed", False):  # a group added later may need a policy too
             self._install_policies(*self._adaptive_options, [])
 
-    @staticmethod
-    def _check_param(p: torch.Tensor, group: dict) -> None:
-        if p.is_complex():
-            raise ConfigError("Muon does not support complex parameters; optimize real and imaginary parts as separate real tensors")
+    def _check_param(self, name: str, p: torch.Tensor, group: dict) -> None:
         if p.is_sparse or p.layout != torch.strided and not D.is_dtensor(p):
             raise ConfigError("Muon does not support sparse parameters; give them to a sparse-aware optimizer (e.g. SparseAdam)")
         if p.ndim < 2:
             raise ConfigError(
-                f"Muon needs parameters with >= 2 dims, got shape {tuple(p.shape)}; give 1-D parameters "
-                "(biases, norms) to AdamW, e.g. with muonscope.MuonWithAdamW or split_params")
+                f"Muon only supports 2D parameters (and > 2-D ones read as matrices), got shape "
+                f"{tuple(p.shape)}; give 1-D parameters (biases, norms) to AdamW, e.g. with "
+                "muonscope.MuonWithAdamW or split_params")
+        _, rows, _ = matrix_shape(self.view_of(name, p), p.shape)
         split = group["split"]
         if split is not None:
-            rows = p.shape[0]
             if isinstance(split, int) and rows % split:
-                raise ConfigError(f"split={split} does not divide the {rows} rows of a parameter of shape {tuple(p.shape)}")
+                raise ConfigError(f"split={split} does not divide the {rows} rows (out features) of {name!r}, shape {tuple(p.shape)}")
             if not isinstance(split, int) and sum(split) != rows:
-                raise ConfigError(f"split={split} sums to {sum(split)}, not to the {rows} rows of shape {tuple(p.shape)}")
+                raise ConfigError(f"split={split} sums to {sum(split)}, not to the {rows} rows (out features) of {name!r}, shape {tuple(p.shape)}")
+
+    def view_of(self, name: str, p: torch.Tensor) -> str:
+        """The matrix view of parameter ``name`` (:func:`muonscope.optim.views.resolve`, cached)."""
+        view = self._view_cache.get(name)
+        if view is None:
+            view = self._view_cache[name] = resolve(name, p.shape, self.views)
+        return view
 
     def named_params(self) -> Iterable[tuple[str, torch.Tensor, dict]]:
         """(name, parameter, group) for every parameter; unnamed ones are ``param{i}``."""
@@ -252,7 +279,7 @@ class Muon(Optimizer):
         for group in self.param_groups:
             names = group.get("param_names")
             for j, p in enumerate(group["params"]):
-                yield (names[j] if names is not None else f"param{i}"), p, group
+                yield (canonical_name(names[j]) if names is not None else f"param{i}"), p, group
                 i += 1
 
     # --- hooks -------------------------------------------------------------------------------
@@ -349,6 +376,9 @@ class Muon(Optimizer):
         for name, p, group in self.named_params():
             if p.grad is None:
                 continue
+            if p.is_complex():
+                raise UnsupportedParamError(f"Muon does not support complex parameters ({name!r}); optimize real "
+                                            "and imaginary parts as separate real tensors")
             if p.grad.is_sparse:
                 raise ConfigError(f"parameter {name!r} has a sparse gradient; Muon needs dense gradients")
             items.append((name, p, group))
@@ -391,36 +421,41 @@ class Muon(Optimizer):
         return works
 
     def _matrix_works(self, name: str, p: torch.Tensor, buf: torch.Tensor, group: dict, step: int) -> list[F.Work]:
-        """The matrices of one parameter: flattened to (out, rest), optionally split in row blocks."""
+        """The (out, in) matrices of one parameter's view (one per expert), optionally in row blocks."""
+        view = self.view_of(name, p)
         if D.is_dtensor(buf):  # gathering is a collective: every rank forms the full matrix now
             beta, nesterov, form = float(group["momentum"]), bool(group["nesterov"]), group["momentum_form"]
             x = F.ns_input(p.grad, buf, beta, nesterov, form)
             X = D.full_tensor(x)
             M = X if x is buf else (D.full_tensor(buf) if self._orth_hooks else None)
-            X2, G2, M2 = X.flatten(1), None, (M.flatten(1) if M is not None else None)
+            X3, G3, M3 = matrices(X, view), None, (matrices(M, view) if M is not None else None)
         else:
-            X2, G2, M2 = None, p.grad.flatten(1), buf.flatten(1)
-        rows, cols = p.shape[0], math.prod(p.shape[1:])
+            X3, G3, M3 = None, matrices(p.grad, view), matrices(buf, view)
+        n_mats, rows, cols = matrix_shape(view, p.shape)
+        experts = view in ("experts", "experts_t")
         split = group["split"]
         if split is None:
-            blocks = [(name, None)]
+            blocks = [("", None)]
         else:
             sizes = [rows // split] * split if isinstance(split, int) else list(split)
             starts = [sum(sizes[:i]) for i in range(len(sizes))]
-            blocks = [(f"{name}[block {i}]", slice(s, s + k)) for i, (s, k) in enumerate(zip(starts, sizes, strict=True))]
+            blocks = [(f"[block {i}]", slice(s, s + k)) for i, (s, k) in enumerate(zip(starts, sizes, strict=True))]
+        dev = p.grad.device
+        dt = X3.dtype if X3 is not None else buf.dtype
         out = []
-        for block, sl in blocks:
-            def rows_of(t, sl=sl):
-                return None if t is None else (t if sl is None else t[sl])
+        for e in range(n_mats):
+            prefix = f"{name}[expert {e}]" if experts else name
+            for suffix, sl in blocks:
+                def pick(t, e=e, sl=sl):
+                    return None if t is None else (t[e] if sl is None else t[e][sl])
 
-            r = rows if sl is None else sl.stop - sl.start
-            orth, key = self._choose(name, block, group, step)
-            dev = p.grad.device
-            dt = X2.dtype if X2 is not None else buf.dtype
-            cdt = (orth.dtype or default_compute_dtype(dev)) if isinstance(orth, NewtonSchulz) else dt
-            out.append(F.Work(p, group, block, rows_of(X2), rows_of(M2), sl, orth, key, int(orth.flops(r, cols)),
-                              lr_ratio(group["adjust_lr_fn"], r, cols), cdt, torch.Size((r, cols)), dev,
-                              grad=rows_of(G2)))
+                r = rows if sl is None else sl.stop - sl.start
+                orth, key = self._choose(name, prefix + suffix, group, step)
+                cdt = (orth.dtype or default_compute_dtype(dev)) if isinstance(orth, NewtonSchulz) else dt
+                out.append(F.Work(p, group, prefix + suffix, pick(X3), pick(M3), (e, sl), orth, key,
+                                  int(orth.flops(r, cols)), lr_ratio(group["adjust_lr_fn"], r, cols), cdt,
+                                  torch.Size((r, cols)), dev, grad=pick(G3), view=view,
+                                  expert=e if experts else None))
         return out
 
     def _notify(self, works: list[F.Work], step: int, rank: int) -> None:
@@ -430,7 +465,8 @@ class Muon(Optimizer):
         hooks = list(self._orth_hooks.values())
         for w in works:
             event = OrthEvent(name=w.name, param=w.param, step=step, matrix=w.matrix, momentum=w.momentum,
-                              spectrum=w.spectrum, orthogonalizer=w.orth, update=w.update, process_rank=rank)
+                              spectrum=w.spectrum, orthogonalizer=w.orth, update=w.update, process_rank=rank,
+                              expert=w.expert)
             for hook in hooks:
                 hook.on_orthogonalize(event)
 
@@ -473,8 +509,8 @@ class Muon(Optimizer):
         before = [dict(g) for g in self.param_groups]
         super().load_state_dict(sd)
         for g, old in zip(self.param_groups, before, strict=True):
-            for k, v in self.defaults.items():
-                g.setdefault(k, v)
+            for k in OPTION_KEYS:  # torch's own defaults (e.g. "differentiable") are not Muon options
+                g.setdefault(k, self.defaults[k])
             if isinstance(old["orthogonalizer"], Orthogonalizer) and g["orthogonalizer"] == old["orthogonalizer"].kind:
                 g["orthogonalizer"] = old["orthogonalizer"]
             self._validate_options(g)
@@ -490,7 +526,8 @@ class Muon(Optimizer):
     def __getstate__(self) -> dict:
         state = super().__getstate__()
         state.update(nonfinite=self.nonfinite, plan=self.plan, _distributed=self._distributed,
-                     _muon_step=self._muon_step, stats=dict(self.stats), controllers=list(self._policies))
+                     _muon_step=self._muon_step, stats=dict(self.stats), controllers=list(self._policies),
+                     views=dict(self.views))
         return state
 
     def __setstate__(self, state: dict) -> None:
@@ -503,6 +540,8 @@ class Muon(Optimizer):
         self.__dict__.setdefault("nonfinite", "raise")
         self.__dict__.setdefault("plan", None)
         self.__dict__.setdefault("_distributed", None)
+        self.__dict__.setdefault("views", {})
+        self._view_cache = {}
         self._process_group = None
         self._init_runtime()
         self._muon_step = step

@@ -2,11 +2,14 @@
 
 Routing rules (first match wins): explicit ``adamw=`` / ``muon=`` overrides (regex on the
 parameter name, a list of them, or a predicate ``f(name, param) -> bool``); tensors with < 2 dims
-(biases, norm gains) → AdamW; parameters of ``nn.Embedding``/``nn.EmbeddingBag`` (including output
-heads tied to them) → AdamW; parameters of a module whose own name is an output-head name
-(``lm_head``, ``head``, ``classifier``, ``fc``, ``output``, ``score``, ``logits``) → AdamW;
-everything else with ≥ 2 dims (hidden linear weights, fused QKV, conv kernels) → Muon.
-Frozen parameters (``requires_grad=False``) are left out.
+(biases, norm gains) and stacked biases (a name ending in ``bias``, e.g. GPT-OSS ``down_proj_bias``)
+→ AdamW; parameters of ``nn.Embedding``/``nn.EmbeddingBag`` (including output heads tied to them)
+→ AdamW; parameters of a module whose own name is an output-head name (``lm_head``, ``head``,
+``classifier``, ``fc``, ``output``, ``score``, ``logits``) → AdamW; MoE routers (a module named
+``router`` or ``shared_expert_gate``, or ``gate`` next to an ``experts`` module) → AdamW;
+everything else with ≥ 2 dims (hidden linear weights, fused QKV, conv kernels, expert stacks) →
+Muon. Frozen parameters (``requires_grad=False``) are left out. Names drop ``torch.compile``'s
+``_orig_mod.`` prefixes.
 """
 
 from __future__ import annotations
@@ -23,8 +26,10 @@ from muonscope.errors import ConfigError, NonFiniteError
 from muonscope.optim import distributed as D
 from muonscope.optim.functional import nonfinite_mask
 from muonscope.optim.muon import DEFAULT_NS_COEFFICIENTS, NONFINITE_POLICIES, Muon
+from muonscope.optim.views import canonical_name, infer_views
 
 HEAD_NAMES = ("lm_head", "head", "classifier", "fc", "output", "score", "logits")
+ROUTER_NAMES = ("router", "shared_expert_gate")  # "gate" counts when it sits next to "experts"
 
 Selector = str | Iterable[str] | Callable[[str, torch.Tensor], bool] | None
 
@@ -50,14 +55,21 @@ def _matcher(sel: Selector) -> Callable[[str, torch.Tensor], bool]:
 
 
 def route(name: str, param: torch.Tensor, owner: nn.Module | None, owner_name: str, *,
-          tied_to_embedding: bool = False, head_names: Iterable[str] = HEAD_NAMES) -> tuple[str, str]:
-    """("muon" | "adamw", reason) for one parameter by the built-in rules."""
+          tied_to_embedding: bool = False, head_names: Iterable[str] = HEAD_NAMES,
+          beside_experts: bool = False) -> tuple[str, str]:
+    """("muon" | "adamw", reason) for one parameter by the built-in rules; ``beside_experts``:
+    the owner's parent module also holds an ``experts`` module (an MoE block)."""
     if param.ndim < 2:
         return "adamw", f"{param.ndim}-D tensor"
+    if name.endswith("bias"):
+        return "adamw", "bias"
     if isinstance(owner, (nn.Embedding, nn.EmbeddingBag)) or tied_to_embedding:
         return "adamw", "embedding"
-    if owner_name.rsplit(".", 1)[-1] in set(head_names):
+    leaf = owner_name.rsplit(".", 1)[-1]
+    if leaf in set(head_names):
         return "adamw", "output head"
+    if leaf in ROUTER_NAMES or leaf == "gate" and beside_experts:
+        return "adamw", "router"
     return "muon", "hidden matrix"
 
 
@@ -69,7 +81,9 @@ def split_params(model: nn.Module, *, muon: Selector = None, adamw: Selector = N
     to_muon, to_adamw = _matcher(muon), _matcher(adamw)
     owners: dict[int, tuple[nn.Module, str]] = {}
     embedded: set[int] = set()
+    moe = {canonical_name(n) for n, m in model.named_modules() if isinstance(getattr(m, "experts", None), nn.Module)}
     for mod_name, mod in model.named_modules(remove_duplicate=False):
+        mod_name = canonical_name(mod_name)
         for pname, p in mod.named_parameters(recurse=False):
             owners.setdefault(id(p), (mod, mod_name))
             if isinstance(mod, (nn.Embedding, nn.EmbeddingBag)):
@@ -79,6 +93,7 @@ def split_params(model: nn.Module, *, muon: Selector = None, adamw: Selector = N
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
+        name = canonical_name(name)
         m, a = to_muon(name, p), to_adamw(name, p)
         if m and a:
             raise ConfigError(f"parameter {name!r} matches both the muon and the adamw overrides; make them disjoint")
@@ -91,7 +106,7 @@ def split_params(model: nn.Module, *, muon: Selector = None, adamw: Selector = N
         else:
             owner, owner_name = owners.get(id(p), (None, name.rsplit(".", 1)[0]))
             dest, _ = route(name, p, owner, owner_name, tied_to_embedding=id(p) in embedded,
-                            head_names=head_names)
+                            head_names=head_names, beside_experts=owner_name.rpartition(".")[0] in moe)
         (out.muon if dest == "muon" else out.adamw).append((name, p))
     return out
 
@@ -101,7 +116,9 @@ class MuonWithAdamW(Optimizer):
 
     ``model_or_groups`` is an ``nn.Module`` (split by :func:`split_params` with the ``muon_params``
     / ``adamw_params`` overrides), a :class:`ParamSplit`, or a list of param-group dicts each with
-    ``"use_muon": bool``. Muon arguments are :class:`Muon`'s; ``adamw_*`` default to
+    ``"use_muon": bool``. Matrix views (expert stacks, HF ``Conv1D``) are inferred from a model's
+    modules (:func:`~muonscope.optim.views.infer_views`); ``views=`` adds or overrides them.
+    Muon arguments are :class:`Muon`'s; ``adamw_*`` default to
     ``torch.optim.AdamW``'s. One ``step()``, one ``zero_grad()``, one ``state_dict()``; ``param_groups``
     lists Muon's groups then AdamW's (each with ``use_muon``), so ``torch.optim.lr_scheduler``
     schedules both. The ``nonfinite`` policy covers AdamW parameters too.
@@ -118,6 +135,8 @@ class MuonWithAdamW(Optimizer):
         if nonfinite not in NONFINITE_POLICIES:
             raise ConfigError(f"nonfinite must be one of {NONFINITE_POLICIES}, got {nonfinite!r}")
         muon_groups, adamw_groups = self._groups(model_or_groups, muon_params, adamw_params)
+        if isinstance(model_or_groups, nn.Module):
+            muon_options["views"] = {**infer_views(model_or_groups), **(muon_options.get("views") or {})}
         self.nonfinite = nonfinite
         self.muon = Muon(muon_groups, lr=lr, weight_decay=weight_decay, momentum=momentum,
                          nesterov=nesterov, ns_coefficients=ns_coefficients, eps=eps, ns_steps=ns_steps,

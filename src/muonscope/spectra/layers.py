@@ -2,8 +2,13 @@
 
 Built-in rules cover nanoGPT-style models (``blocks.3.attn.q``, ``transformer.h.3.attn.c_attn``),
 Hugging Face GPT-2 (fused ``c_attn`` → ``qkv``) and LLaMA-style models (``q_proj`` … ``down_proj``;
-``gate_proj`` and ``up_proj`` are both up-projections → ``mlp_up``). A user mapping
-{regex: layer_type} is tried first. rel_depth = (block + 1) / n_blocks, so the last block is 1.
+``gate_proj`` and ``up_proj`` are both up-projections → ``mlp_up``), and MoE layers: experts
+(fused stacks ``experts.gate_up_proj`` / ``experts.down_proj`` whose matrices are named
+``…[expert e]``, or per-expert modules ``experts.3.w1``, ``shared_expert.up_proj``) → ``mlp_up`` /
+``mlp_down`` with the expert index e recorded; routers (``mlp.gate``, ``router``,
+``shared_expert_gate``) → ``router``. A user mapping {regex: layer_type} is tried first.
+rel_depth = (block + 1) / n_blocks, so the last block is 1. ``torch.compile``'s ``_orig_mod.``
+prefixes are ignored.
 """
 
 from __future__ import annotations
@@ -14,8 +19,9 @@ from dataclasses import dataclass
 
 from muonscope.errors import ConfigError
 
-LAYER_TYPES = ("q", "k", "v", "o", "qkv", "mlp_up", "mlp_down", "other")
+LAYER_TYPES = ("q", "k", "v", "o", "qkv", "mlp_up", "mlp_down", "router", "other")
 
+_EXPERTS = r"(?:^|\.)(?:experts\.(?:\d+\.)?|shared_experts?\.)"
 _BLOCK = re.compile(r"(?:^|\.)(?:blocks|h|layers|layer|block)\.(\d+)\.")
 _RULES: tuple[tuple[re.Pattern, str], ...] = tuple(
     (re.compile(p), t)
@@ -27,8 +33,12 @@ _RULES: tuple[tuple[re.Pattern, str], ...] = tuple(
         (r"(?:attn|attention)\.(?:o|o_proj|c_proj|out_proj|dense|wo|proj)\b", "o"),
         (r"(?:mlp|feed_forward|ffn)\.(?:up|up_proj|c_fc|fc1|gate_proj|w1|w3|dense_h_to_4h|gate_up_proj)\b", "mlp_up"),
         (r"(?:mlp|feed_forward|ffn)\.(?:down|down_proj|c_proj|fc2|w2|dense_4h_to_h)\b", "mlp_down"),
+        (_EXPERTS + r"(?:up|up_proj|gate_proj|gate_up_proj|c_fc|fc1|w1|w3|w13)\b", "mlp_up"),
+        (_EXPERTS + r"(?:down|down_proj|c_proj|fc2|w2)\b", "mlp_down"),
+        (r"(?:^|\.)(?:router|shared_expert_gate|(?:mlp|moe|block_sparse_moe|feed_forward|ffn)\.gate)\.", "router"),
     )
 )
+_EXPERT_INDEX = re.compile(r"\[expert (\d+)\]|(?:^|\.)experts\.(\d+)\.")
 
 
 @dataclass(frozen=True)
@@ -36,10 +46,12 @@ class LayerInfo:
     layer_type: str
     block: int  # -1 when the name carries no block index
     rel_depth: float  # NaN when unknown
+    expert: int | None = None  # index in an MoE layer's experts
 
 
 def classify(name: str, user_map: Mapping[str, str] | None = None) -> tuple[str, int]:
     """(layer_type, block) for a parameter name; unknown names are ("other", -1 or the block)."""
+    name = name.replace("_orig_mod.", "")
     m = _BLOCK.search(name)
     block = int(m[1]) if m else -1
     for pattern, layer_type in (user_map or {}).items():
@@ -74,4 +86,5 @@ class LayerIndex:
             self._types[base] = classify(base, self.user_map)
         layer_type, block = self._types[base]
         rel = (block + 1) / self.n_blocks if block >= 0 and self.n_blocks > 0 else float("nan")
-        return LayerInfo(layer_type, block, rel)
+        m = _EXPERT_INDEX.search(name)
+        return LayerInfo(layer_type, block, rel, int(m[1] or m[2]) if m else None)

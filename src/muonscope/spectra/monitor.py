@@ -161,6 +161,7 @@ class SpectralMonitor:
             "run_id": self.run_id, "step": int(event.step), "param": event.name,
             "layer_type": info.layer_type, "block": info.block, "rel_depth": info.rel_depth,
             "rows": int(X.shape[0]), "cols": int(X.shape[1]), "model_params": self.model_params,
+            "expert": getattr(event, "expert", None) if getattr(event, "expert", None) is not None else info.expert,
             "frob_norm": frob, "ns_schedule": sched, "ns_steps": int(steps), "source": self.source,
             "ns_flops": int(event.orthogonalizer.flops(*X.shape)), "ns_matmuls": int(event.orthogonalizer.matmuls()),
             "process_rank": int(getattr(event, "process_rank", 0)),

@@ -37,7 +37,7 @@ _PART = re.compile(r"^part-g(\d+)-r(\d+)-(\d+)\.parquet$")
 _KEYS = {"spectra": ["step", "param", "source"], "metrics": ["step", "name"]}
 _TYPES = {
     "run_id": pa.string(), "step": pa.int64(), "param": pa.string(), "layer_type": pa.string(),
-    "block": pa.int64(), "rel_depth": pa.float64(), "rows": pa.int64(), "cols": pa.int64(),
+    "block": pa.int64(), "rel_depth": pa.float64(), "rows": pa.int64(), "cols": pa.int64(), "expert": pa.int64(),
     "model_params": pa.int64(), "ns_schedule": pa.string(), "ns_steps": pa.int64(),
     "source": pa.string(), "process_rank": pa.int64(), "name": pa.string(), "value": pa.float64(),
     "spectrum": pa.list_(pa.float64()),
