@@ -116,12 +116,16 @@ class MuonWithAdamW(Optimizer):
 
     ``model_or_groups`` is an ``nn.Module`` (split by :func:`split_params` with the ``muon_params``
     / ``adamw_params`` overrides), a :class:`ParamSplit`, or a list of param-group dicts each with
-    ``"use_muon": bool``. Matrix views (expert stacks, HF ``Conv1D``) are inferred from a model's
+    ``"use_muon": bool``. It is one ``torch.optim.Optimizer``: ``param_groups`` lists Muon's groups
+    then AdamW's (each with ``use_muon``), ``defaults`` are Muon's (AdamW's when there are no Muon
+    parameters), so ``torch.optim.lr_scheduler`` (OneCycleLR included: with Muon parameters it
+    cycles Muon's ``momentum``; AdamW's ``betas`` stay) and transformers' schedules drive both;
+    ``state_dict()`` has torch's ``state``/``param_groups`` layout (AdamW's parameters numbered
+    after Muon's) plus ``"muonscope"`` (Muon's step, statistics and policy state, AdamW's skip
+    counts); the former ``{"muon", "adamw"}`` layout still loads. Matrix views (expert stacks, HF ``Conv1D``) are inferred from a model's
     modules (:func:`~muonscope.optim.views.infer_views`); ``views=`` adds or overrides them.
     Muon arguments are :class:`Muon`'s; ``adamw_*`` default to
-    ``torch.optim.AdamW``'s. One ``step()``, one ``zero_grad()``, one ``state_dict()``; ``param_groups``
-    lists Muon's groups then AdamW's (each with ``use_muon``), so ``torch.optim.lr_scheduler``
-    schedules both. The ``nonfinite`` policy covers AdamW parameters too.
+    ``torch.optim.AdamW``'s. The ``nonfinite`` policy covers AdamW parameters too.
     """
 
     def __init__(self, model_or_groups, lr: float = 1e-3, weight_decay: float = 0.1,
@@ -150,7 +154,7 @@ class MuonWithAdamW(Optimizer):
                 g["use_muon"] = flag
         self._adamw_stats = {"adamw_skipped_nonfinite": 0, "last_adamw_skipped_nonfinite": 0}
         self._ready = False
-        super().__init__([{"params": []}], {})
+        super().__init__([{"params": []}], dict((self.muon or self.adamw).defaults))
         self._ready = True
 
     @staticmethod
@@ -263,12 +267,67 @@ class MuonWithAdamW(Optimizer):
                     p.grad = g
         return loss
 
+    def _parts(self) -> list[tuple[bool, Optimizer]]:
+        return [(flag, o) for flag, o in ((True, self.muon), (False, self.adamw)) if o is not None]
+
     def state_dict(self) -> dict:
-        return {"muon": self.muon.state_dict() if self.muon is not None else None,
-                "adamw": self.adamw.state_dict() if self.adamw is not None else None,
-                "adamw_stats": dict(self._adamw_stats)}
+        """torch's layout over both optimizers: ``state`` and ``param_groups`` (Muon's parameters
+        numbered first), plus ``"muonscope"``; runs this optimizer's state-dict hooks."""
+        for hook in self._optimizer_state_dict_pre_hooks.values():
+            hook(self)
+        state, groups, extra, offset = {}, [], {}, 0
+        for flag, opt in self._parts():
+            sd = opt.state_dict()
+            if flag:
+                extra.update(sd.get("muonscope", {}))
+            state.update({k + offset: v for k, v in sd["state"].items()})
+            groups += [{**g, "params": [i + offset for i in g["params"]]} for g in sd["param_groups"]]
+            offset += sum(len(g["params"]) for g in sd["param_groups"])
+        extra["adamw_stats"] = dict(self._adamw_stats)
+        out = {"state": state, "param_groups": groups, "muonscope": extra}
+        for hook in self._optimizer_state_dict_post_hooks.values():
+            result = hook(self, out)
+            if result is not None:
+                out = result
+        return out
 
     def load_state_dict(self, state_dict: dict) -> None:
+        """Load what :meth:`state_dict` returned (or the former ``{"muon", "adamw"}`` layout)."""
+        sd = dict(state_dict)
+        for hook in self._optimizer_load_state_dict_pre_hooks.values():
+            result = hook(self, sd)
+            if result is not None:
+                sd = result
+        if "param_groups" not in sd and ("muon" in sd or "adamw" in sd):
+            self._load_split(sd)
+        else:
+            self._load_torch_layout(sd)
+        for hook in self._optimizer_load_state_dict_post_hooks.values():
+            hook(self)
+
+    def _load_torch_layout(self, sd: dict) -> None:
+        groups = sd.get("param_groups")
+        if not isinstance(groups, list) or not all(isinstance(g.get("use_muon"), bool) for g in groups):
+            raise ConfigError("not a MuonWithAdamW state dict: every param group needs 'use_muon'")
+        extra = dict(sd.get("muonscope") or {})
+        adamw_stats = extra.pop("adamw_stats", {})
+        for flag, opt in ((True, self.muon), (False, self.adamw)):
+            sub = [g for g in groups if g["use_muon"] is flag]
+            if (opt is None) != (not sub):
+                raise ConfigError(f"state dict and optimizer disagree on whether there are "
+                                  f"{'Muon' if flag else 'AdamW'} parameters")
+            if opt is None:
+                continue
+            ids = {i for g in sub for i in g["params"]}
+            part = {"state": {k: v for k, v in sd.get("state", {}).items() if k in ids}, "param_groups": sub}
+            if flag and extra:
+                part["muonscope"] = extra
+            opt.load_state_dict(part)
+            for g in opt.param_groups:
+                g["use_muon"] = flag
+        self._adamw_stats.update(adamw_stats)
+
+    def _load_split(self, state_dict: dict) -> None:
         for key, opt in (("muon", self.muon), ("adamw", self.adamw)):
             if (opt is None) != (state_dict.get(key) is None):
                 raise ConfigError(f"state dict and optimizer disagree on whether there are {key} parameters")
@@ -279,7 +338,7 @@ class MuonWithAdamW(Optimizer):
         self._adamw_stats.update(state_dict.get("adamw_stats", {}))
 
     def __getstate__(self) -> dict:
-        return {"defaults": {}, "muon": self.muon, "adamw": self.adamw, "nonfinite": self.nonfinite,
+        return {"defaults": self.defaults, "muon": self.muon, "adamw": self.adamw, "nonfinite": self.nonfinite,
                 "_adamw_stats": self._adamw_stats, "_ready": True}
 
     def __setstate__(self, state: dict) -> None:
