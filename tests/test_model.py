@@ -11,6 +11,8 @@ from muonscope.experiments.data import load_corpus
 from muonscope.experiments.model import (
     GPT,
     PRESETS,
+    DEPTH_PRESETS,
+    GPU_PRESETS,
     SWEEP_PRESETS,
     GPTConfig,
     get_preset,
@@ -53,7 +55,14 @@ def test_presets_span_and_rule():
     assert sizes[-1] / sizes[0] >= 30
     for n in PRESETS:
         cfg = PRESETS[n]
-        assert cfg.n_layer == 4 and cfg.d_model // cfg.n_head == 16  # documented width rule
+        assert cfg.d_model // cfg.n_head == 16  # documented head rule
+        assert cfg.n_layer == 4 or n not in SWEEP_PRESETS  # width family: fixed depth
+    # depth + width family: n_layer 4 … 16 (relative depths 1/4 … 1 exist), d ∝ n_layer^0.5
+    depths = [PRESETS[n] for n in DEPTH_PRESETS]
+    assert [c.n_layer for c in depths] == [4, 8, 12, 16]
+    for c in depths:
+        assert c.d_model == pytest.approx(48 * math.sqrt(c.n_layer / 4), rel=0.05)
+    assert PRESETS[GPU_PRESETS[-1]].non_embedding_params >= 30e6
     # d ∝ √M: the matrix rank r = d scales like M^0.5 within 1% (LayerNorm terms are tiny).
     for n in SWEEP_PRESETS:
         cfg = PRESETS[n]
