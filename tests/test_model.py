@@ -61,7 +61,7 @@ def test_presets_span_and_rule():
     depths = [PRESETS[n] for n in DEPTH_PRESETS]
     assert [c.n_layer for c in depths] == [4, 8, 12, 16]
     for c in depths:
-        assert c.d_model == pytest.approx(48 * math.sqrt(c.n_layer / 4), rel=0.05)
+        assert c.d_model == pytest.approx(48 * math.sqrt(c.n_layer / 4), rel=0.1)  # d a multiple of 16
     assert PRESETS[GPU_PRESETS[-1]].non_embedding_params >= 30e6
     # d ∝ √M: the matrix rank r = d scales like M^0.5 within 1% (LayerNorm terms are tiny).
     for n in SWEEP_PRESETS:
