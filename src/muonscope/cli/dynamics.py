@@ -212,3 +212,150 @@ def dynamics_noise(
                       f"{last['B_times_nsr']:.3g} +- {last['B_times_nsr_stderr']:.2g}", f"{p['measured_crossing']:.3g}")
     console.print(table)
     console.print(f"wrote {out / 'noise.json'} and {out / 'noise_geometry.png'}")
+
+
+@dynamics_app.command("weight-decay")
+def dynamics_weight_decay(
+    out: Path = typer.Option(Path("runs/dynamics"), "--out", "-o", help="Output directory (JSON, CSV, PNG)."),
+    lambdas: str = typer.Option(None, "--lambdas", help="Comma-separated weight decays > 0 (default: half decades "
+                                                         "1e-5 ... 1); lambda = 0 is always run as the baseline."),
+    modes: str = typer.Option("coupled,decoupled", "--modes", help="coupled (L2 in the gradient) and/or decoupled."),
+    seeds: int = typer.Option(10, "--seeds", help="Paired seeds (0..seeds-1)."),
+    steps: int = typer.Option(50_000, "--steps"),
+    lr: float = typer.Option(0.01, "--lr", help="Constant Muon lr (exact polar, no momentum)."),
+    track_every: int = typer.Option(200, "--track-every", help="Record block masses every k steps (paper: 200)."),
+    blocks: int = typer.Option(4, "--blocks", help="K diagonal blocks of the target."),
+    block_size: int = typer.Option(5, "--block-size", help="m0: size of each block (W is K*m0 square)."),
+    measurements: int = typer.Option(200, "--measurements", "-n"),
+    threshold: float = typer.Option(0.5, "--threshold", help="A block is acquired at mass >= threshold/K."),
+    name: str = typer.Option("weight_decay", "--name", help="Stem of the output files."),
+    threads: int = typer.Option(1, "--threads"),
+) -> None:
+    """Coupled vs decoupled weight decay under Muon: ATSR against lambda, the phase boundary from the data."""
+    from muonscope.experiments.dynamics.weight_decay import (
+        DEFAULT_LAMBDAS,
+        WeightDecayConfig,
+        experiment,
+    )
+
+    if not name or any(c in name for c in "/\\") or name.startswith("."):
+        fail(f"--name must be a plain file stem, got {name!r}")
+    lams = DEFAULT_LAMBDAS if lambdas is None else tuple(csv_list(lambdas, float))
+    cfg = WeightDecayConfig(lambdas=lams, modes=tuple(csv_list(modes)), seeds=tuple(range(seeds)), steps=steps,
+                            lr=lr, track_every=track_every, blocks=blocks, block_size=block_size,
+                            measurements=measurements, threshold=threshold)  # validates before anything is written
+    _dyn_setup(threads, out)
+    bar, advance = _dyn_progress(steps, "weight decay")
+    with bar:
+        s = experiment(cfg, summary_path=out / f"{name}.json", csv_path=out / f"{name}.csv", figure_dir=None,
+                       progress=advance)
+    from muonscope.experiments.dynamics.figures import plot_weight_decay
+
+    fig = plot_weight_decay(s, out / f"{name}_atsr.png")
+    for dname, block in s["definitions"].items():
+        table = Table(title=f"ATSR ('{dname}') over {seeds} seeds; lambda = 0: {block['baseline']['atsr_mean']:.3g}")
+        for col in ("mode", "lambda", "ATSR mean", "95% CI", "ratio to lambda=0", "ratio 95% CI", "never acq.",
+                    "at start", "rel. residual"):
+            table.add_column(col, justify="left" if col == "mode" else "right")
+        for r in block["rows"]:
+            table.add_row(r["mode"], f"{r['lambda']:g}", f"{r['atsr_mean']:.3g}",
+                          f"[{r['atsr_ci95'][0]:.3g}, {r['atsr_ci95'][1]:.3g}]", f"{r['ratio_to_baseline']:.2f}",
+                          f"[{r['ratio_ci95'][0]:.2f}, {r['ratio_ci95'][1]:.2f}]", f"{r['blocks_never_acquired']:.2f}",
+                          f"{r['blocks_excluded_at_start']:.2f}", f"{r['final_rel_residual_median']:.3g}")
+        console.print(table)
+        console.print(f"{dname}: {block['verdict']}", markup=False)
+    console.print(f"wrote {out / (name + '.json')}, {out / (name + '.csv')} and {fig}")
+
+
+@dynamics_app.command("alignment")
+def dynamics_alignment(
+    out: Path = typer.Option(Path("runs/dynamics"), "--out", "-o", help="Output directory (JSON, PNG)."),
+    settings: str = typer.Option("paper-d10,paper-d20,paper-d50,sensing", "--settings",
+                                 help="paper-dD (the paper's alignment script at W DxD, n = D^2/2, rank 2) and/or "
+                                      "sensing (the `dynamics sensing` defaults)."),
+    seeds: int = typer.Option(10, "--seeds"),
+    steps: int = typer.Option(0, "--steps", help="Steps per setting (0: 3000 for paper-*, 1000 for sensing)."),
+    threads: int = typer.Option(1, "--threads"),
+) -> None:
+    """||sin Theta||_F between gradient and weight frames: the paper's definition next to the current one."""
+    from muonscope.experiments.dynamics.alignment import experiment, paper_setting, sensing_setting
+
+    chosen = []
+    for name in csv_list(settings):
+        if name == "sensing":
+            chosen.append(sensing_setting(steps or 1000))
+        elif name.startswith("paper-d") and name[7:].isdigit() and int(name[7:]) >= 2:
+            chosen.append(paper_setting(int(name[7:]), steps or 3000))
+        else:
+            fail(f"unknown alignment setting {name!r}; use paper-dD (D >= 2, e.g. paper-d20) or sensing")
+    if not chosen:
+        fail("no alignment settings given")
+    if seeds < 1:
+        fail(f"--seeds must be at least 1, got {seeds}")
+    _dyn_setup(threads, out)
+    bar, advance = _dyn_progress(sum(s.steps for s in chosen), "alignment")
+    with bar:
+        s = experiment(chosen, range(seeds), summary_path=out / "alignment.json",
+                       figure_path=out / "frame_alignment.png", progress=advance)
+    table = Table(title=f"||sin Theta||_F after the transient (median over the late half, mean over {seeds} seeds)")
+    for col in ("setting", "paper: left", "paper: right", "random (paper)", "current", "k (current)",
+                "random (current)", "misalignment", "late share < 0.1"):
+        table.add_column(col, justify="left" if col == "setting" else "right")
+    for r in s["settings"]:
+        m = r["metrics"]
+        table.add_row(r["setting"]["name"], f"{m['sin_left']['late_median_mean']:.3f}",
+                      f"{m['sin_right']['late_median_mean']:.3f}",
+                      f"{r['random_level_paper']['left']:.2f}/{r['random_level_paper']['right']:.2f}",
+                      f"{m['current']['late_median_mean']:.3f}", str(r["current_k_late"]),
+                      f"{r['random_level_current']:.2f}", f"{m['misalignment']['late_median_mean']:.3f}",
+                      f"{r['paper_share_late_below_0.1_both_sides']:.2f}")
+    console.print(table)
+    console.print(s["verdict"], markup=False)
+    console.print(f"wrote {out / 'alignment.json'} and {out / 'frame_alignment.png'}")
+
+
+@dynamics_app.command("regimes")
+def dynamics_regimes(
+    out: Path = typer.Option(Path("runs/regimes"), "--out", "-o", help="Run directory (one result.json per run)."),
+    summary_dir: Path = typer.Option(None, "--summary-dir", help="Where regimes.json and regimes.png go (default: OUT)."),
+    tasks: str = typer.Option("gpt,vit", "--tasks", help="gpt (tiny GPT on offline text) and/or vit (small ViT)."),
+    muon_lrs: str = typer.Option("0.005,0.01,0.02,0.04", "--muon-lrs", help="Muon lr grid (hidden matrices)."),
+    adamw_lrs: str = typer.Option("0.001,0.002,0.004,0.008", "--adamw-lrs", help="AdamW lr grid (all parameters)."),
+    seeds: int = typer.Option(3, "--seeds"),
+    steps: int = typer.Option(300, "--steps", help="Steps per run (matched across optimizers)."),
+    snapshots: int = typer.Option(5, "--snapshots", help="Weight-spectrum snapshots after step 0."),
+    preset: str = typer.Option("tiny", "--preset", help="GPT preset; the ViT copies its width, depth and heads."),
+    corpus: str = typer.Option("stdlib", "--corpus", help="Offline text corpus of the GPT."),
+    dataset: str = typer.Option("digits", "--dataset", help="Image data set of the ViT (digits: scikit-learn)."),
+    upsample: int = typer.Option(1, "--upsample", help="Integer upsampling of the images."),
+    patch: int = typer.Option(2, "--patch", help="ViT patch size."),
+    threads: int = typer.Option(1, "--threads"),
+) -> None:
+    """Muon vs AdamW on a tiny GPT and a matched small ViT: lr sweeps, weight spectra, the reversal verdict."""
+    from muonscope.experiments.dynamics.regimes import RegimesConfig, experiment
+
+    if seeds < 1:
+        fail(f"--seeds must be at least 1, got {seeds}")
+    cfg = RegimesConfig(tasks=tuple(csv_list(tasks)), muon_lrs=tuple(csv_list(muon_lrs, float)),
+                        adamw_lrs=tuple(csv_list(adamw_lrs, float)), seeds=tuple(range(seeds)), steps=steps,
+                        snapshots=snapshots, preset=preset, corpus=corpus, dataset=dataset, upsample=upsample,
+                        patch=patch)  # validates everything before anything is written
+    _dyn_setup(threads, out)
+    runs = cfg.runs()
+    bar, advance = _dyn_progress(len(runs), "regimes (runs)")
+    with bar:
+        s = experiment(cfg, out, summary_dir=summary_dir, progress=advance)
+    dest = summary_dir or out
+    for task, t in s["tasks"].items():
+        table = Table(title=f"{task}: final validation loss (mean [95% CI] over {seeds} seeds)")
+        for col in ("optimizer", "lr", "val loss", "95% CI", "diverged", "best", "plateau"):
+            table.add_column(col, justify="left" if col == "optimizer" else "right")
+        for o, res in t["optimizers"].items():
+            for r in res["rows"]:
+                table.add_row(o, f"{r['lr']:g}", f"{r['mean']:.4f}", f"[{r['ci95'][0]:.4f}, {r['ci95'][1]:.4f}]",
+                              str(r["diverged"]), "*" if r["lr"] == res["best_lr"] else "",
+                              "yes" if r["lr"] in res["plateau_lrs"] else "")
+        console.print(table)
+    console.print(s["verdict"], markup=False)
+    console.print(f"{s['runs']} runs, {s['cpu_seconds_total'] / 60:.1f} CPU-minutes in total; wrote "
+                  f"{dest / 'regimes.json'} and {dest / 'regimes.png'}")

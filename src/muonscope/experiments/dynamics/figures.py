@@ -203,3 +203,120 @@ def plot_noise(summary: dict, path) -> Path:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=6, ncol=2)
     return _save(fig, path)
+
+
+def plot_weight_decay(summary: dict, path) -> Path:
+    """Per ATSR definition (rows): ATSR against λ per mode, the final fit, the blocks left out."""
+    plt = _plt()
+    defs = summary["definitions"]
+    fig, axes = plt.subplots(len(defs), 3, figsize=(15, 4.2 * len(defs)), squeeze=False)
+    colors = {"coupled": "C3", "decoupled": "C0"}
+    for row, (name, block) in zip(axes, defs.items(), strict=True):
+        base = block["baseline"]
+        for mode in block["config"]["modes"]:
+            rows = [r for r in block["rows"] if r["mode"] == mode]
+            lam = np.array([r["lambda"] for r in rows])
+            mean = np.array([r["atsr_mean"] for r in rows])
+            ci = np.nan_to_num(np.array([r["atsr_ci95"] for r in rows]), nan=0.0)
+            err = [np.maximum(mean - ci[:, 0], 0) if ci.any() else 0 * mean, np.maximum(ci[:, 1] - mean, 0)]
+            row[0].errorbar(lam, mean, yerr=err, color=colors[mode], marker="o", ms=4, capsize=3,
+                            label=f"{mode} (mean, 95% t-interval)")
+            row[1].plot(lam, [r["final_rel_residual_median"] for r in rows], color=colors[mode], marker="o", ms=4,
+                        label=mode)
+            row[2].plot(lam, [r["blocks_never_acquired"] for r in rows], color=colors[mode], marker="o", ms=4,
+                        label=f"{mode}: never acquired")
+            row[2].plot(lam, [r["blocks_excluded_at_start"] for r in rows], color=colors[mode], marker="x", ls="--",
+                        ms=5, label=f"{mode}: at the level at step 0")
+        if np.all(np.isfinite(base["atsr_ci95"])):
+            row[0].axhspan(*base["atsr_ci95"], color="0.6", alpha=0.3, lw=0)
+        row[0].axhline(base["atsr_mean"], color="k", lw=1, ls=":", label="lambda = 0")
+        row[1].axhline(base["final_rel_residual_median"], color="k", lw=1, ls=":", label="lambda = 0")
+        for ax in row:
+            ax.axvline(summary["paper"]["boundary"], color="0.4", lw=1, ls="--")
+            ax.set_xscale("log")
+            ax.set_xlabel("weight decay lambda")
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize=7)
+        row[0].set_title(f"ATSR, definition '{name}'", fontsize=10)
+        row[1].set_title("final relative residual (median over seeds)", fontsize=10)
+        row[1].set_yscale("log")
+        row[2].set_title(f"share of blocks left out of ATSR (t_k = 0), '{name}'", fontsize=10)
+        row[2].set_ylim(-0.05, 1.05)
+    cfg = summary["config"]
+    fig.suptitle(f"Muon + weight decay: {cfg['blocks']} blocks of {cfg['block_size']}, n={cfg['measurements']}, "
+                 f"lr={cfg['lr']:g}, {cfg['steps']} steps, masses every {cfg['track_every']} steps, "
+                 f"{len(cfg['seeds'])} seeds (dashed: the paper's boundary 1e-2)", fontsize=10)
+    return _save(fig, path)
+
+
+def plot_alignment(results, path) -> Path:
+    """Per setting (columns): the paper's left/right ‖sin Θ‖_F (top) and the current definition with
+    the shared-frame misalignment (bottom) over training, mean and range over seeds."""
+    from muonscope.experiments.dynamics.alignment import THRESHOLD, random_level
+
+    plt = _plt()
+    fig, axes = plt.subplots(2, len(results), figsize=(4.6 * len(results), 7.5), squeeze=False)
+    for j, (s, tr) in enumerate(results):
+        top, bottom = axes[0, j], axes[1, j]
+        x = tr["steps"]
+        for key, color, label in (("sin_left", "C0", "left"), ("sin_right", "C1", "right")):
+            y = tr[key]
+            top.plot(x, y.mean(0), color=color, lw=1.3, label=f"paper (k = {s.rank}), {label}")
+            top.fill_between(x, y.min(0), y.max(0), color=color, alpha=0.15, lw=0)
+        top.axhline(THRESHOLD, color="k", ls="--", lw=1, label="0.1 (the paper's claim)")
+        top.axhline(random_level(s.rows, s.rank), color="0.5", ls=":", lw=1, label="random k-planes")
+        top.set_title(f"{s.name}: W {s.rows}x{s.cols}, n={s.measurements}, rank {s.rank}", fontsize=10)
+        top.set_ylabel("||sin Theta||_F (paper's definition)")
+        y = tr["current"]
+        bottom.plot(x, y.mean(0), color="C2", lw=1.3, label="current (k = numerical rank, both sides)")
+        bottom.fill_between(x, y.min(0), y.max(0), color="C2", alpha=0.15, lw=0)
+        mis = tr["misalignment"]
+        bottom.plot(x, mis.mean(0), color="C3", lw=1.3, label="shared-frame misalignment")
+        bottom.axhline(THRESHOLD, color="k", ls="--", lw=1)
+        bottom.set_ylabel("current definition / misalignment")
+        res = bottom.twinx()
+        res.plot(x, np.median(tr["rel_residual"], 0), color="0.3", lw=0.8, ls="-.", label="rel. residual")
+        res.set_yscale("log")
+        res.set_ylabel("relative residual (median)", fontsize=8)
+        for ax in (top, bottom):
+            ax.set_xlabel("step")
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize=7, loc="upper right")
+    fig.suptitle("frame alignment between G and W under exact-polar Muon (mean and range over seeds)", fontsize=11)
+    return _save(fig, path)
+
+
+def plot_regimes(summary: dict, path) -> Path:
+    """Per task (rows): validation loss against lr per optimizer (mean, 95% t-interval), and the mean
+    stable rank and normalized entropy of the block matrices over training at each one's best lr."""
+    plt = _plt()
+    tasks = summary["tasks"]
+    fig, axes = plt.subplots(len(tasks), 3, figsize=(15, 4.2 * len(tasks)), squeeze=False)
+    colors = {"muon": "C0", "adamw": "C1"}
+    for row, (task, t) in zip(axes, tasks.items(), strict=True):
+        for o, res in t["optimizers"].items():
+            lr = np.array([r["lr"] for r in res["rows"]])
+            mean = np.array([r["mean"] for r in res["rows"]])
+            ci = np.array([r["ci95"] for r in res["rows"]], dtype=np.float64)
+            ok = np.isfinite(mean)
+            row[0].plot(lr[ok], mean[ok], color=colors[o], marker="o", ms=4, label=f"{o} (best lr {res['best_lr']:g})")
+            good = ok & np.all(np.isfinite(ci), axis=1)
+            row[0].fill_between(lr[good], ci[good, 0], ci[good, 1], color=colors[o], alpha=0.2, lw=0)
+            for j, metric in ((1, "stable_rank"), (2, "entropy")):
+                tr = res["spectra_at_best_lr"].get(metric)
+                if tr:
+                    row[j].plot(tr["steps"], tr["mean"], color=colors[o], marker=".", label=f"{o} at lr {res['best_lr']:g}")
+        row[0].set_xscale("log")
+        row[0].set_xlabel("lr (Muon: hidden matrices; AdamW: all parameters)")
+        row[0].set_title(f"{task}: final validation loss (mean over seeds, 95% CI)", fontsize=10)
+        row[1].set_title(f"{task}: mean stable rank of the block matrices", fontsize=10)
+        row[2].set_title(f"{task}: mean normalized spectral entropy", fontsize=10)
+        for ax in row[1:]:
+            ax.set_xlabel("step")
+        for ax in row:
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize=8)
+    cfg = summary["config"]
+    fig.suptitle(f"Muon vs AdamW at matched budgets: preset {cfg['preset']}, {cfg['steps']} steps, "
+                 f"{len(cfg['seeds'])} seeds; {summary['verdict'][:150]}", fontsize=9)
+    return _save(fig, path)
