@@ -284,6 +284,13 @@ def plan_cmd(
     for size in sizes:
         plan = make_plan(laws, size, level=level, names=names, max_steps=max_steps, criterion=crit)
         console.print(plan_table(plan))
+        if plan.unconverged:
+            console.print(f"[yellow]note: {len(plan.unconverged)} exponent(s) this plan extrapolates have not "
+                          f"converged over training time (e.g. {', '.join(plan.unconverged[:3])}); the "
+                          "recipe for those layers is provisional[/yellow]")
+        elif plan.unconverged is None:
+            console.print("[dim]exponent convergence not assessed (run `muonscope convergence RUNS --laws "
+                          "LAWS`)[/dim]")
         if out is not None:
             from muonscope._jsonfile import write_json
 

@@ -8,7 +8,7 @@ import typer
 from rich.table import Table
 
 from muonscope.cli._app import app, console, csv_list, fail
-from muonscope.experiments.config import TrainConfig
+from muonscope.experiments.config import SWEEP_ADJUST_LR_FN, SWEEP_LR, TrainConfig
 
 D = TrainConfig()  # every default below is the library's
 
@@ -95,8 +95,9 @@ def sweep(
     steps: int = typer.Option(D.steps, "--steps", help="Optimizer steps per run."),
     batch_size: int = typer.Option(D.batch_size, "--batch-size"),
     corpus: str = typer.Option(D.corpus, "--corpus"),
-    lr: str = typer.Option(str(D.lr), "--lr", help="Muon learning rate; several (comma-separated) for an lr check."),
-    adjust_lr_fn: str = typer.Option(D.adjust_lr_fn, "--adjust-lr-fn",
+    lr: str = typer.Option(str(SWEEP_LR), "--lr", help="Muon learning rate; several (comma-separated) for an "
+                           "lr check. Default: the sweep rule's (see results/lr_check)."),
+    adjust_lr_fn: str = typer.Option(SWEEP_ADJUST_LR_FN, "--adjust-lr-fn",
                                      help="match_rms_adamw and/or original (comma-separated)."),
     monitor_every: int = typer.Option(D.monitor_every, "--monitor-every"),
     monitor_spectrum: str = typer.Option(D.monitor_spectrum, "--monitor-spectrum", help="svd (float64) or gram."),

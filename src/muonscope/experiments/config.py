@@ -14,6 +14,12 @@ ORTHOGONALIZERS = ("ns", "exact", "hybrid", "top-q")
 #: Muon lr scaling per rows×cols matrix: "match_rms_adamw" 0.2·√max(m, n) (update RMS 0.2·lr at
 #: every width), "original" √max(1, m/n) (update spectral norm ∝ lr·√(m/n), width-independent).
 ADJUST_LR_FNS = ("match_rms_adamw", "original")
+#: The lr rule of size sweeps (results/lr_check): under "match_rms_adamw" the best lr falls with
+#: width (0.02 at d48, 0.01 at d128, <= 0.005 at d288, 300 steps), so wider models train at an
+#: effectively higher lr; under "original" the update's spectral norm does not grow with width and
+#: the best lr is ≈ 0.02 at every size checked.
+SWEEP_LR = 0.02
+SWEEP_ADJUST_LR_FN = "original"
 
 
 @dataclass
