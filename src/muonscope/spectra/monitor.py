@@ -11,6 +11,13 @@ accuracy is that of the NS compute dtype: absolute error on s² ≈ eps_dtype·�
 buffer itself (float64 SVD). Every ``fidelity_every`` sampled steps it also measures
 ‖NS(X) − polar(X)‖_F/√r directly.
 
+Any other ``torch.optim.Optimizer`` (torch.optim.Muon, Keller Jordan's or dion's Muon, AdamW…) is
+watched through torch's step hooks (:mod:`muonscope.spectra.watch`): per matrix of each ≥ 2-D
+parameter's view, ``source="momentum"`` records the momentum buffer found in the optimizer's state
+and ``source="update"`` the applied update U = W_after − W_before(1 − lr·wd) (default: both), with
+the NS fidelity of the map the optimizer claims (``ns_schedule``, ``ns_steps``) and, for updates,
+``ns_pred_dev``: how far U's normalized spectrum is from that map applied to the NS input's.
+
     monitor = SpectralMonitor(opt, every=10, store=RunStore.create("runs/a", meta))
     ... training loop calls opt.step() as usual ...
     monitor.close()
@@ -54,11 +61,13 @@ class SpectralMonitor:
     """Records spectral statistics of each orthogonalized matrix on sampled steps.
 
     Args:
-        optimizer: a muonscope Muon (anything with ``register_orth_hook``).
+        optimizer: a muonscope Muon (anything with ``register_orth_hook``), or any torch optimizer
+            (watched through its step hooks; see the module docstring).
         every: sample every ``every``-th optimizer step (and step 1).
         quantiles: levels q; s_q is the singular value at descending rank ⌈q·r⌉.
         store: a :class:`~muonscope.spectra.store.RunStore` (or None to keep records in memory).
-        source: "ns_input" (what NS sees) or "momentum" (the raw momentum buffer).
+        source: "ns_input" (what NS sees) or "momentum" (the raw momentum buffer); for a watched
+            optimizer "momentum", "update" or both (a tuple; the default).
         spectrum: "gram" (reuse NS's first Gram matrix) or "svd" (float64 SVD of the matrix).
         full_spectrum: also store the whole normalized spectrum as a list column.
         include: regex or predicate on parameter names; None monitors every Muon matrix.
@@ -68,22 +77,31 @@ class SpectralMonitor:
         n_blocks: number of transformer blocks (inferred from names when None).
         model_params: model size written to each record (default: store.meta["model_params"]).
         tensorboard: a ``SummaryWriter`` or a log directory; scalars per layer (needs tensorboard).
+        model, views, momentum_keys: for a watched optimizer: where names and matrix views come
+            from (``infer_views(model)`` plus ``views``) and the state keys tried for momentum.
     """
 
     def __init__(self, optimizer, every: int = 10, quantiles: Iterable[float] = DEFAULT_QUANTILES,
-                 store=None, source: str = "ns_input", full_spectrum: bool = False,
+                 store=None, source: str | tuple[str, ...] | None = None, full_spectrum: bool = False,
                  include: str | Callable[[str], bool] | None = None, *, spectrum: str = "gram",
                  rho: float = FAILURE_RHO, fidelity_every: int = 0, layer_map: Mapping[str, str] | None = None,
                  n_blocks: int | None = None, model_params: int | None = None, tensorboard=None,
-                 keep_records: bool | None = None) -> None:
-        if not hasattr(optimizer, "register_orth_hook"):
-            raise ConfigError("SpectralMonitor needs a muonscope Muon optimizer (register_orth_hook)")
+                 keep_records: bool | None = None, model=None, views: Mapping[str, str] | None = None,
+                 momentum_keys: Iterable[str] | None = None) -> None:
+        watched = not hasattr(optimizer, "register_orth_hook")
+        if watched:
+            sources = (source,) if isinstance(source, str) else tuple(source or ("momentum", "update"))
+            if not sources or any(x not in ("momentum", "update") for x in sources):
+                raise ConfigError(f"a watched {type(optimizer).__name__} records 'momentum' and/or 'update', got {source!r}")
+            source = sources[0] if len(sources) == 1 else sources
+        elif source is None:
+            source = "ns_input"
         if not (isinstance(every, int) and every >= 1):
             raise ConfigError(f"every must be a positive int, got {every!r}")
         self.quantiles = tuple(float(q) for q in quantiles)
         if not self.quantiles or any(not (0.0 < q <= 1.0) for q in self.quantiles):
             raise ConfigError(f"quantile levels must lie in (0, 1], got {self.quantiles}")
-        if source not in ("ns_input", "momentum"):
+        if not watched and source not in ("ns_input", "momentum"):
             raise ConfigError(f"source must be 'ns_input' or 'momentum', got {source!r}")
         if spectrum not in ("gram", "svd"):
             raise ConfigError(f"spectrum must be 'gram' or 'svd', got {spectrum!r}")
@@ -97,7 +115,19 @@ class SpectralMonitor:
             self._include = lambda name: bool(pattern.search(name))
         else:
             self._include = include
-        names = [n for g in optimizer.param_groups for n in g.get("param_names", ())]
+        self._watch = None
+        if watched:
+            from muonscope.spectra.watch import MOMENTUM_KEYS, StepWatch
+
+            self._watch = StepWatch(optimizer, self._on_observation, every=every, model=model,
+                                    include=self._include, momentum_keys=momentum_keys or MOMENTUM_KEYS)
+            self.sources = (source,) if isinstance(source, str) else source
+            from muonscope.optim.views import infer_views
+
+            self._views = {**(infer_views(model) if model is not None else {}), **(views or {})}
+            names = list(self._watch.names.values())
+        else:
+            names = [n for g in optimizer.param_groups for n in g.get("param_names", ())]
         self.layers = LayerIndex(names, layer_map, n_blocks)
         meta = getattr(store, "meta", {}) or {}
         self.model_params = int(model_params if model_params is not None else meta.get("model_params", -1))
@@ -107,7 +137,7 @@ class SpectralMonitor:
         self._sampled_steps = 0
         self._last_step = None
         self._tb = self._make_tb(tensorboard)
-        self._handle = optimizer.register_orth_hook(self)
+        self._handle = self._watch if watched else optimizer.register_orth_hook(self)
 
     @staticmethod
     def _make_tb(tensorboard):
@@ -171,16 +201,57 @@ class SpectralMonitor:
             rec["fidelity_err"] = self.fidelity_error(event)
         if self.full_spectrum:
             rec["spectrum"] = [float(x) for x in -np.sort(-s)]
+        self._emit(rec)
+        return rec
+
+    def _emit(self, rec: dict) -> None:
         if self.store is not None:
             self.store.append_spectra([rec])
         if self._keep:
             self.records.append(rec)
         if self._tb is not None:
-            tag = event.name
+            tag = rec["param"] if rec["source"] in ("ns_input", "momentum") else f"{rec['param']}/{rec['source']}"
             for q in self.quantiles:
-                self._tb.add_scalar(f"spectra/{tag}/{M.quantile_column(q)}", rec[M.quantile_column(q)], event.step)
-            self._tb.add_scalar(f"spectra/{tag}/frac_failed", rec["frac_failed"], event.step)
-        return rec
+                self._tb.add_scalar(f"spectra/{tag}/{M.quantile_column(q)}", rec[M.quantile_column(q)], rec["step"])
+            if "frac_failed" in rec:
+                self._tb.add_scalar(f"spectra/{tag}/frac_failed", rec["frac_failed"], rec["step"])
+
+    # --- watched (foreign) optimizers --------------------------------------------------------------
+    def _on_observation(self, obs) -> None:
+        """Momentum and update records for each matrix of one watched parameter's view."""
+        from muonscope.spectra import watch as W
+
+        if obs.step != self._last_step:
+            self._last_step = obs.step
+            self._sampled_steps += 1
+        claim = W.claimed_ns(obs.optimizer, obs.group, obs.name)
+        view = W.view_of(obs.name, obs.param.shape, self._views)
+        mode = self.spectrum_mode
+        updates = W.named_matrices(obs.name, obs.update, view)
+        moms = W.named_matrices(obs.name, obs.momentum, view) if obs.momentum is not None else [None] * len(updates)
+        inputs = [W.named_matrices(obs.name, x, view) for x in W.ns_inputs(obs.group, obs.grad, obs.momentum)]
+        for i, (name, expert, U) in enumerate(updates):
+            info = self.layers(name)
+            base = {"run_id": self.run_id, "step": int(obs.step), "param": name, "layer_type": info.layer_type,
+                    "block": info.block, "rel_depth": info.rel_depth, "rows": int(U.shape[0]), "cols": int(U.shape[1]),
+                    "model_params": self.model_params, "expert": expert if expert is not None else info.expert,
+                    "ns_schedule": claim.schedule, "ns_steps": claim.steps, "process_rank": 0}
+            s_in = W.normalized_spectrum(inputs[0][i][2], mode) if inputs else np.zeros(0)
+            for src in self.sources:
+                X = U if src == "update" else (moms[i][2] if moms[i] is not None else None)
+                if X is None:
+                    continue
+                s = W.normalized_spectrum(X, mode)
+                if s.size == 0:
+                    continue
+                rec = dict(base, source=src, frob_norm=float(torch.linalg.vector_norm(X.to(torch.float32))))
+                rec.update(spectrum_record(s, self.quantiles, scalar_map=claim.scalar_map if src == "momentum" else None,
+                                           rho=self.rho))
+                if src == "update" and s_in.size == s.size:
+                    rec["ns_pred_dev"] = W.prediction_deviation(s, s_in, claim)
+                if self.full_spectrum:
+                    rec["spectrum"] = [float(x) for x in s]
+                self._emit(rec)
 
     @staticmethod
     def fidelity_error(event) -> float:
