@@ -13,5 +13,5 @@ _LAZY = {
 }
 
 
-__getattr__ = lazy_getattr(__name__, _LAZY, ("cli", "experiments", "integrations", "laws", "optim", "orth",
+__getattr__ = lazy_getattr(__name__, _LAZY, ("audit", "cli", "experiments", "integrations", "laws", "optim", "orth",
                                              "report", "spectra"))
