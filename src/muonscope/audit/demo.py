@@ -184,3 +184,46 @@ class ReferenceMuon(torch.optim.Optimizer):
                 matrices(upd, view).copy_(O * lr_ratio(None, int(rows), int(cols)))
                 p.mul_(1 - g["lr"] * g["weight_decay"]).add_(upd, alpha=-g["lr"])
         return loss
+
+
+def _split_torch(model):
+    from muonscope.optim.routing import split_params
+
+    mu, ad = split_params(model)
+    return [p for _, p in mu], [p for _, p in ad], mu
+
+
+def _with_adamw(model, muon_opt, adam):
+    return [muon_opt, torch.optim.AdamW(adam, lr=1e-3)]
+
+
+def setup(name: str, seed: int = 0):
+    """(model, optimizer) of a named demo setup (see ``DEMOS``)."""
+    from muonscope.errors import ConfigError
+    from muonscope.optim.routing import MuonWithAdamW
+
+    if name not in DEMOS:
+        raise ConfigError(f"unknown demo {name!r}; demos: {', '.join(DEMOS)}")
+    torch.manual_seed(seed)
+    model = MixedLM() if name in ("muonscope-mixed", "flattened-experts", "stored-shape-scale") else TinyLM()
+    mu, ad, named = _split_torch(model)
+    if name == "torch-muon":
+        return model, _with_adamw(model, torch.optim.Muon(mu, lr=0.02, weight_decay=0.1), ad)
+    if name in ("muonscope", "muonscope-mixed"):
+        return model, MuonWithAdamW(model, lr=0.02)
+    if name == "all-adamw":
+        return model, torch.optim.AdamW(model.parameters(), lr=1e-3)
+    switch = {"momentum-sgd": "skip_ns", "flattened-experts": "flatten_stacks",
+              "stored-shape-scale": "scale_from_storage"}[name]
+    return model, _with_adamw(model, ReferenceMuon(named, model, weight_decay=0.05, **{switch: True}), ad)
+
+
+DEMOS = {
+    "torch-muon": "torch.optim.Muon on TinyLM's hidden matrices, AdamW for the rest (correct)",
+    "muonscope": "muonscope MuonWithAdamW on TinyLM (correct)",
+    "muonscope-mixed": "MuonWithAdamW on MixedLM: Conv1D, conv and expert stacks (correct)",
+    "momentum-sgd": "a 'Muon' that runs no Newton-Schulz: momentum SGD under the Muon name",
+    "all-adamw": "every matrix sent to AdamW (as when FSDP1 exposes 1-D shards to a p.ndim >= 2 split)",
+    "flattened-experts": "expert stacks (E, out, in) orthogonalized as one flattened matrix",
+    "stored-shape-scale": "lr scale from the stored shape[:2]: wrong for Conv1D (in, out) and conv kernels",
+}

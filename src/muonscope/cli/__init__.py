@@ -15,7 +15,7 @@ from muonscope.cli._app import app
 from muonscope.errors import MuonscopeError
 
 __all__ = ["app", "main"]
-GROUPS = ("ns", "train", "laws", "report", "calibrate", "dynamics")  # registration order = help order
+GROUPS = ("ns", "train", "laws", "report", "calibrate", "dynamics", "audit")  # registration order = help order
 for _group in GROUPS:
     importlib.import_module(f"muonscope.cli.{_group}")
 

@@ -1,0 +1,93 @@
+"""`muonscope audit`: train a few steps and report silent Muon failures (table or JSON)."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import typer
+from rich.table import Table
+
+from muonscope.cli._app import app, console, fail
+
+
+def findings_table(report) -> Table:
+    """One row per finding: parameter, kind, explanation."""
+    table = Table(title=f"muonscope audit: {len(report.findings)} finding(s) over {report.steps} steps")
+    for col in ("parameter", "kind", "explanation"):
+        table.add_column(col, overflow="fold")
+    for f in report.findings:
+        table.add_row(f.param, f.kind, f.message)
+    return table
+
+
+def _load_script(spec: str):
+    """``path.py:function`` → what the function returns: (model, optimizer, batches[, loss_fn]) or a
+    dict with those keys."""
+    path, _, func = spec.rpartition(":")
+    if not path or not func:
+        fail(f"--script must look like path/to/file.py:function, got {spec!r}")
+    if not Path(path).is_file():
+        fail(f"--script: {path} does not exist")
+    mod_spec = importlib.util.spec_from_file_location("_muonscope_audit_script", path)
+    module = importlib.util.module_from_spec(mod_spec)
+    sys.path.insert(0, str(Path(path).resolve().parent))
+    try:
+        mod_spec.loader.exec_module(module)
+    finally:
+        sys.path.pop(0)
+    fn = getattr(module, func, None)
+    if not callable(fn):
+        fail(f"--script: {path} has no function {func!r}")
+    out = fn()
+    if isinstance(out, dict):
+        if not {"model", "optimizer", "batches"} <= set(out):
+            fail(f"--script: {func}() must return model, optimizer and batches (got keys {sorted(out)})")
+        return out["model"], out["optimizer"], out["batches"], out.get("loss_fn")
+    if not isinstance(out, (tuple, list)) or len(out) not in (3, 4):
+        fail(f"--script: {func}() must return (model, optimizer, batches[, loss_fn]) or a dict of them")
+    return (*out, None)[:4]
+
+
+@app.command("audit")
+def audit_cmd(
+    demo: str = typer.Option(None, "--demo", help="Audit a built-in setup (see --list-demos)."),
+    script: str = typer.Option(None, "--script", help="path.py:function returning (model, optimizer, batches[, loss_fn])."),
+    steps: int = typer.Option(5, "--steps", help="Training steps to watch."),
+    json_out: str = typer.Option(None, "--json", help="Write the report as JSON to this file ('-': stdout)."),
+    fail_on_findings: bool = typer.Option(False, "--fail-on-findings", help="Exit with code 1 when there are findings."),
+    list_demos: bool = typer.Option(False, "--list-demos", help="List the built-in setups and exit."),
+) -> None:
+    """Watch any optimizer for silent Muon failures: routing, views, lr scale, NS, NaN, frozen."""
+    from muonscope.audit import demo as D
+
+    if list_demos:
+        for name, text in D.DEMOS.items():
+            console.print(f"{name:20} {text}")
+        return
+    if (demo is None) == (script is None):
+        fail("pass exactly one of --demo NAME or --script path.py:function")
+    if steps < 1:
+        fail("--steps must be >= 1")
+    if demo is not None and demo not in D.DEMOS:
+        fail(f"unknown demo {demo!r}; demos: {', '.join(D.DEMOS)}")
+    from muonscope.audit.run import audit
+
+    if demo is not None:
+        model, opt = D.setup(demo)
+        batches, loss_fn = D.batches(), None
+    else:
+        model, opt, batches, loss_fn = _load_script(script)
+    report = audit(model, opt, batches, loss_fn=loss_fn, steps=steps)
+    if json_out == "-":
+        sys.stdout.write(report.to_json(indent=2) + "\n")
+    else:
+        if json_out is not None:
+            Path(json_out).write_text(report.to_json(indent=2))
+        if report.ok:
+            console.print(f"muonscope audit: no findings over {steps} steps ({len(report.margins)} matrices judged)")
+        else:
+            console.print(findings_table(report))
+    if fail_on_findings and not report.ok:
+        raise typer.Exit(1)
