@@ -3,8 +3,9 @@
 # thread each; every step resumes from checkpoints, so re-running after an interruption continues).
 #
 #   1. lr check: best Muon lr per size under both lr-scaling rules (300 steps, d48/d128/d288)
-#   2. width family: d48 … d224 x seeds 0,1,2 x 1000 steps under the chosen rule
-#   3. depth + width family: L4-d48 … L16-d96, seed 0, 1000 steps
+#   2. width family: d32 … d176 x seeds 0,1,2 x 1000 steps (batch 8 x 128) under the chosen rule
+#   3. depth + width family: L8-d64 … L16-d96, seed 0, same settings (its n_layer = 4 member is
+#      the width family's d48 seed 0, the identical model and run)
 #   4. fits (drift-tolerant and strict), exponents over training time, comparisons
 #   5. run stores copied into results/ without checkpoints
 set -euo pipefail
@@ -20,10 +21,9 @@ MS=${MUONSCOPE:-.venv/bin/muonscope}
     --steps 300 --monitor-every 50 --jobs 2
 "$MS" lr-check "$RUNS/lrcheck" -o "$RESULTS/lr_check"
 
-"$MS" sweep -o "$RUNS/seeds" --presets d224,d176,d128,d96,d64,d48 --seeds 0,1,2 --steps 1000 \
-    --lr "$LR" --adjust-lr-fn "$RULE" --jobs 2
-"$MS" sweep -o "$RUNS/depth" --family depth --presets L16-d96,L12-d80,L8-d64,L4-d48 --steps 1000 \
-    --lr "$LR" --adjust-lr-fn "$RULE" --jobs 2
+COMMON=(--steps 1000 --batch-size 8 --monitor-every 20 --lr "$LR" --adjust-lr-fn "$RULE" --jobs 2)
+"$MS" sweep -o "$RUNS/seeds" --presets d176,d128,d96,d64,d48,d32 --seeds 0,1,2 "${COMMON[@]}"
+"$MS" sweep -o "$RUNS/depth" --family depth --presets L16-d96,L12-d80,L8-d64 "${COMMON[@]}"
 
 for fam in seeds depth; do
     mkdir -p "$RESULTS/sweep_$fam"
@@ -36,6 +36,8 @@ for fam in seeds depth; do
     done
     cp "$RUNS/$fam/sweep.json" "$RESULTS/sweep_$fam/"
 done
+rm -rf "$RESULTS/sweep_depth/d48-muon-lr$LR-$RULE-s0"
+cp -r "$RESULTS/sweep_seeds/d48-muon-lr$LR-$RULE-s0" "$RESULTS/sweep_depth/"
 
 "$MS" fit "$RESULTS/sweep_seeds" -o "$RESULTS/sweep_seeds/laws.json"
 "$MS" fit "$RESULTS/sweep_seeds" -o "$RESULTS/sweep_seeds/laws_strict.json" --drift-tolerance -1

@@ -9,10 +9,10 @@ import torch.nn.functional as F
 from muonscope.errors import ConfigError, ShapeError
 from muonscope.experiments.data import load_corpus
 from muonscope.experiments.model import (
-    GPT,
-    PRESETS,
     DEPTH_PRESETS,
+    GPT,
     GPU_PRESETS,
+    PRESETS,
     SWEEP_PRESETS,
     GPTConfig,
     get_preset,
