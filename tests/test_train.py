@@ -138,7 +138,8 @@ def test_sigkill_leaves_a_readable_store(tmp_path):
             proc.kill()
     time.sleep(0.1)
     df = RunStore.open(tmp_path / "run").spectra()
-    assert not df.isna().any().any()  # every stored row is complete
+    # every stored row is complete ("expert" is null by design for matrices that are not experts)
+    assert not df.drop(columns=["expert"], errors="ignore").isna().any().any()
     steps = sorted(df.step.unique())
     assert steps == list(range(1, steps[-1] + 1))  # a gapless prefix
     assert all((df.step == s).sum() == 3 for s in steps)
