@@ -206,5 +206,7 @@ def test_gpu_sweep_script_runs_its_code_path_on_cpu(tmp_path):
            "DEVICE": "cpu", "EVERY": "2", "MUONSCOPE": str(exe)}
     proc = subprocess.run(["bash", str(script)], env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    store = RunStore.open(tmp_path / "g" / "tiny-muon-s0")
+    (run,) = [p for p in (tmp_path / "g").iterdir() if p.name.startswith("tiny-muon-")]
+    assert (tmp_path / "g" / "laws.json").exists() is False  # one size: no fit
+    store = RunStore.open(run)
     assert store.meta["steps"] == 4 and len(store.spectra()) and store.meta["device"] == "cpu"
