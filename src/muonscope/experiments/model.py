@@ -264,8 +264,8 @@ def _preset(d_model: int, n_layer: int = 4, block_size: int = 128) -> GPTConfig:
 #: (d ∝ √M, α = 0.25 baseline), M ≈ 0.05M … 4.0M (80×; the default sweep starts at d48).
 #: ``tiny`` (d32, block 64) is for tests (seconds).
 #: Depth + width family (``L4-d48`` … ``L16-d96``): depth and width grow together, d ∝ n_layer^0.5
-#: (GPT-2's family grows d ∝ n_layer^0.55 from 12 to 48 layers), M ≈ 0.11M … 1.8M (16×), so
-#: r ∝ M^(1/3) and the flat-spectrum baseline is α = 1/6. ``gpu-*``: 8 blocks, block 256, for the
+#: (GPT-2's family grows d ∝ n_layer^0.55 from 12 to 48 layers), M ≈ 0.11M … 1.8M (16×); M ∝ n_layer·d² ∝ d⁴, so
+#: r = d ∝ M^(1/4) and the flat-spectrum baseline is α = 1/8. ``gpu-*``: 8 blocks, block 256, for the
 #: GPU sweep (M ≈ 1.6M … 32M).
 PRESETS: dict[str, GPTConfig] = {
     "tiny": _preset(32, block_size=64),
