@@ -17,17 +17,12 @@ from muonscope.errors import StoreError
 
 def lr_check_table(paths) -> pd.DataFrame:
     """One row per finished Muon run: preset, model_params, adjust_lr_fn, lr, seed, steps, final_val_loss."""
-    from muonscope.spectra.store import RunStore, find_runs
+    from muonscope.experiments.sweep import summary_row
+    from muonscope.spectra.store import find_runs
 
-    rows = []
-    for p in find_runs(paths):
-        meta = RunStore.open(p).meta
-        cfg = meta.get("config", {})
-        if cfg.get("optimizer") != "muon" or meta.get("status") != "complete":
-            continue
-        rows.append({"preset": meta.get("preset"), "model_params": meta.get("model_params"),
-                     "adjust_lr_fn": cfg.get("adjust_lr_fn"), "lr": float(cfg.get("lr")), "seed": meta.get("seed"),
-                     "steps": meta.get("steps"), "final_val_loss": meta.get("final_val_loss")})
+    cols = ["preset", "model_params", "adjust_lr_fn", "lr", "seed", "steps", "final_val_loss"]
+    rows = [{k: r[k] for k in cols} for r in map(summary_row, find_runs(paths))
+            if r["optimizer"] == "muon" and r["status"] == "complete"]
     if not rows:
         raise StoreError(f"no finished Muon runs in {', '.join(map(str, paths))}")
     return pd.DataFrame(rows).sort_values(["adjust_lr_fn", "model_params", "lr"]).reset_index(drop=True)

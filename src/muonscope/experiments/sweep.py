@@ -162,7 +162,9 @@ def summary_row(run_dir: Path) -> dict:
     from muonscope.spectra.store import RunStore
 
     meta = RunStore.open(run_dir).meta
-    return {"run": run_dir.name, "preset": meta.get("preset"), "optimizer": meta["config"]["optimizer"],
+    cfg = meta.get("config", {})
+    return {"run": run_dir.name, "preset": meta.get("preset"), "optimizer": cfg.get("optimizer"),
+            "lr": cfg.get("lr"), "adjust_lr_fn": cfg.get("adjust_lr_fn"),
             "seed": meta.get("seed"), "model_params": meta.get("model_params"), "steps": meta.get("steps"),
             "status": meta.get("status"), "final_val_loss": meta.get("final_val_loss"),
             "tokens_per_s": meta.get("tokens_per_s")}
