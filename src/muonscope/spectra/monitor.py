@@ -77,8 +77,11 @@ class SpectralMonitor:
         n_blocks: number of transformer blocks (inferred from names when None).
         model_params: model size written to each record (default: store.meta["model_params"]).
         tensorboard: a ``SummaryWriter`` or a log directory; scalars per layer (needs tensorboard).
-        model, views, momentum_keys: for a watched optimizer: where names and matrix views come
-            from (``infer_views(model)`` plus ``views``) and the state keys tried for momentum.
+        keep_records: keep records in ``monitor.records`` (default: only when there is no store).
+        model: for a watched optimizer: the model parameter names and matrix views come from
+            (``infer_views(model)``).
+        views: for a watched optimizer: views declared by name or regex, on top of the inferred ones.
+        momentum_keys: for a watched optimizer: the state keys tried in order for the momentum buffer.
     """
 
     def __init__(self, optimizer, every: int = 10, quantiles: Iterable[float] = DEFAULT_QUANTILES,

@@ -141,7 +141,8 @@ class StepWatch:
             ``register_step_post_hook``).
         callback: called with one :class:`UpdateObservation` per parameter that got a gradient.
         every: sample step 1 and every ``every``-th step (the watch counts ``step()`` calls).
-        model / names: where parameter names come from (see :func:`param_names`).
+        model: a module whose ``named_parameters()`` names the parameters (see :func:`param_names`).
+        names: ``{name: tensor}`` naming the parameters (tried before the model; see :func:`param_names`).
         include: predicate on names; None watches every ≥ 2-D parameter.
         momentum_keys: state keys tried in order for the momentum buffer.
         min_ndim: watch parameters with at least this many dims (1 also watches vectors).
