@@ -47,6 +47,8 @@ def _error_inputs():
     for ei in MUON_INFO.optim_error_inputs_func("cpu", torch.float32) if MUON_INFO else []:
         if ei.optimizer_error_input.desc == "only support 2D parameters":
             continue  # muonscope reads > 2-D parameters through a matrix view (test_optim_views)
+        if ei.optimizer_error_input.desc == "a param group cannot have duplicate parameters":
+            continue  # torch warns; muonscope refuses the double update with a ConfigError (test_optim_state)
         out.append(pytest.param(ei, id=ei.optimizer_error_input.desc.replace(" ", "_")))
     return out
 

@@ -38,3 +38,12 @@ class ParamTypeError(ConfigError, TypeError):
 
 class UnsupportedParamError(MuonscopeError, RuntimeError):
     """A parameter the optimizer cannot update (complex dtype), found when stepping (as torch does)."""
+
+
+class DistributedMismatchError(ConfigError):
+    """Ranks of one process group built the optimizer over different parameters (names, shapes,
+    dtypes, views or grouping); raised with the same message on every rank."""
+
+
+class StateDictMismatchError(ConfigError):
+    """A saved optimizer state does not fit this optimizer's parameters (names, shapes, groups)."""

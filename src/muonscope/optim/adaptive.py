@@ -29,6 +29,7 @@ from functools import lru_cache
 
 import torch
 
+from muonscope import validate as V
 from muonscope.conventions import FAILURE_RHO, quantile_rank, sampled
 from muonscope.errors import ConfigError
 from muonscope.optim.policy import ADAPTIVE, OrthPolicy
@@ -60,6 +61,20 @@ def _event_spectrum(event) -> torch.Tensor:
     return sv / sv.norm().clamp(min=torch.finfo(torch.float64).tiny)
 
 
+def check_adaptive_options(target_q, rho, max_steps, min_steps: int = 1) -> None:
+    """target_q ∈ (0, 1], rho ∈ (0, 1) (NS maps into about [0, 1.2]: ρ ≥ 1 can never be met),
+    max_steps None or an int in [min_steps, MAX_NS_STEPS]; all finite. Raises ConfigError."""
+    for name, v in (("target_q", target_q), ("rho", rho)):
+        if isinstance(v, (str, bytes)):
+            raise ConfigError(f"{name} must be a number, got {v!r}")
+    V.real("target_q", target_q, low=0.0, high=1.0, low_open=True)
+    V.fraction("rho", rho)
+    if max_steps is not None:
+        if isinstance(max_steps, bool) or not isinstance(max_steps, int):
+            raise ConfigError(f"max_steps must be None or an int >= min_steps ({min_steps}), got {max_steps!r}")
+        V.integer("max_steps", max_steps, low=min_steps, high=V.MAX_NS_STEPS)
+
+
 @dataclass
 class Decision:
     """The last choice for one matrix: sampled ``step``, measured ``s_q``, chosen ``steps``."""
@@ -87,18 +102,15 @@ class AdaptiveSteps(OrthPolicy):
 
     def __init__(self, target_q: float = 0.5, rho: float = FAILURE_RHO, max_steps: int | None = None, *,
                  min_steps: int = 1, every: int = 10, margin: float = 1.5) -> None:
-        if not (isinstance(target_q, (int, float)) and 0.0 < target_q <= 1.0):
-            raise ConfigError(f"target_q must lie in (0, 1], got {target_q!r}")
-        if not (isinstance(rho, (int, float)) and rho > 0):
-            raise ConfigError(f"rho must be positive, got {rho!r}")
         for name, v in (("min_steps", min_steps), ("every", every)):
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise ConfigError(f"{name} must be a positive int, got {v!r}")
-        if max_steps is not None and (isinstance(max_steps, bool) or not isinstance(max_steps, int)
-                                      or max_steps < min_steps):
-            raise ConfigError(f"max_steps must be None or an int >= min_steps ({min_steps}), got {max_steps!r}")
-        if not (isinstance(margin, (int, float)) and margin >= 1.0):
-            raise ConfigError(f"margin must be >= 1 (1 disables hysteresis), got {margin!r}")
+        V.ns_steps("min_steps", min_steps)
+        V.steps("every", every)
+        check_adaptive_options(target_q, rho, max_steps, min_steps)
+        if isinstance(margin, (str, bytes)):
+            raise ConfigError(f"margin must be a number, got {margin!r}")
+        V.real("margin (hysteresis factor; 1 disables it)", margin, low=1.0)
         self.target_q, self.rho = float(target_q), float(rho)
         self.max_steps, self.min_steps = max_steps, min_steps
         self.every, self.margin = every, float(margin)
@@ -207,4 +219,4 @@ class HybridControl(OrthPolicy):
         self.corrected_steps = {k: int(v) for k, v in state.get("corrected_steps", {}).items()}
 
 
-__all__ = ["ADAPTIVE", "AdaptiveSteps", "Decision", "HybridControl", "spectral_quantile"]
+__all__ = ["ADAPTIVE", "AdaptiveSteps", "Decision", "HybridControl", "check_adaptive_options", "spectral_quantile"]

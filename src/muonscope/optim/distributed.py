@@ -4,18 +4,22 @@ Every rank holds the full momentum (gradients are identical across ranks after d
 all-reduce), so only the orthogonalization is sharded: matrices are assigned to ranks by a
 deterministic longest-processing-time rule on their FLOPs (largest first, to the least-loaded
 rank, ties to the lower index), each rank orthogonalizes its share, and one all-gather per dtype
-hands every rank every update. Parameters that are DTensors (FSDP2 shards) are gathered to the full
+hands every rank every update. Before the first sharded step (and whenever the parameters change)
+the ranks compare their parameter layouts (:func:`check_same_layout`), so a mismatch raises the
+same :class:`~muonscope.errors.DistributedMismatchError` everywhere instead of hanging or crashing
+in a collective. Parameters that are DTensors (FSDP2 shards) are gathered to the full
 matrix for NS and the update re-sharded to the local shard without further communication.
 """
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 
 import torch
 import torch.distributed as dist
 
-from muonscope.errors import ConfigError
+from muonscope.errors import ConfigError, DistributedMismatchError
 
 
 class DistContext:
@@ -134,3 +138,58 @@ def shard_like(full: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     from torch.distributed.tensor import distribute_tensor
 
     return distribute_tensor(full, like.device_mesh, like.placements, src_data_rank=None).to_local()
+
+
+def layout_row(group: int, name: str, p: torch.Tensor, view: str, split=None) -> tuple:
+    """One parameter as every rank must see it: (group, name, global shape, dtype, view, split)."""
+    return (int(group), str(name), tuple(int(s) for s in p.shape), str(p.dtype).removeprefix("torch."), str(view),
+            list(split) if isinstance(split, (list, tuple)) else split)
+
+
+def _describe(row) -> str:
+    if row is None:
+        return "no parameter"
+    group, name, shape, dtype, view, split = row
+    return (f"{name!r} (group {group}, shape {tuple(shape)}, {dtype}, view {view}"
+            f"{'' if split is None else f', split {split}'})")
+
+
+def layout_mismatch(rows_by_rank: Sequence[Sequence[tuple]]) -> str | None:
+    """None when every rank's layout rows equal rank 0's, else a message naming the first
+    differing parameter and the ranks (the same text on every rank)."""
+    ref = [tuple(r) for r in rows_by_rank[0]]
+    for rank, rows in enumerate(rows_by_rank[1:], start=1):
+        rows = [tuple(r) for r in rows]
+        if rows == ref:
+            continue
+        i = next((i for i, (a, b) in enumerate(zip(ref, rows, strict=False)) if a != b), min(len(ref), len(rows)))
+        a = ref[i] if i < len(ref) else None
+        b = rows[i] if i < len(rows) else None
+        return (f"the optimizer's parameters differ across ranks: at parameter {i}, rank 0 has {_describe(a)} "
+                f"and rank {rank} has {_describe(b)} (rank 0: {len(ref)} parameters, rank {rank}: {len(rows)}); "
+                "build the optimizer over the same parameters (names, shapes, dtypes, views, groups) in the same "
+                "order on every rank")
+    return None
+
+
+def check_same_layout(rows: Sequence[tuple], ctx: DistContext) -> None:
+    """Raise :class:`DistributedMismatchError` on every rank when ranks hold different layout rows.
+
+    One all-gather of a fixed-size (hash, count) tensor, so ranks with different parameters still
+    meet in the same collective; only when the hashes differ do the ranks exchange their rows
+    (``all_gather_object``) to name the first difference. Every rank decides from the same
+    gathered data, so all raise, or none does.
+    """
+    rows = [tuple(r) for r in rows]
+    digest = int.from_bytes(hashlib.sha256(repr(rows).encode()).digest()[:8], "little", signed=True)
+    backend = dist.get_backend(ctx.group)
+    device = torch.device("cuda", torch.cuda.current_device()) if backend == "nccl" else torch.device("cpu")
+    mine = torch.tensor([digest, len(rows)], dtype=torch.int64, device=device)
+    everyone = [torch.empty_like(mine) for _ in range(ctx.world)]
+    dist.all_gather(everyone, mine, group=ctx.group)
+    if all(torch.equal(t, everyone[0]) for t in everyone):
+        return
+    rows_by_rank: list = [None] * ctx.world
+    dist.all_gather_object(rows_by_rank, rows, group=ctx.group)
+    message = layout_mismatch(rows_by_rank) or "the optimizer's parameters differ across ranks (same rows, hash differs)"
+    raise DistributedMismatchError(message)

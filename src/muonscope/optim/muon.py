@@ -22,6 +22,7 @@ import torch
 from torch.optim import Optimizer
 from torch.utils.hooks import RemovableHandle
 
+from muonscope import validate as V
 from muonscope.conventions import FAILURE_RHO
 from muonscope.errors import (
     ConfigError,
@@ -32,19 +33,26 @@ from muonscope.errors import (
 )
 from muonscope.optim import distributed as D
 from muonscope.optim import functional as F
-from muonscope.optim.adaptive import AdaptiveSteps, HybridControl
+from muonscope.optim.adaptive import AdaptiveSteps, HybridControl, check_adaptive_options
 from muonscope.optim.functional import ADJUST_LR_FNS, MOMENTUM_FORMS, lr_ratio, nonfinite_mask
 from muonscope.optim.hooks import OrthEvent
+from muonscope.optim.layout import align_state_dict
 from muonscope.optim.plan import Plan, load_plan
 from muonscope.optim.policy import ADAPTIVE, check_policy, configured, policy_key
 from muonscope.optim.views import canonical_name, check_view, matrices, matrix_shape, resolve
 from muonscope.orth.analysis import fidelity_stats
 from muonscope.orth.hybrid import HybridNS
-from muonscope.orth.matrix_ns import default_compute_dtype
-from muonscope.orth.orthogonalizers import NewtonSchulz, Orthogonalizer, make_orthogonalizer
+from muonscope.orth.orthogonalizers import (
+    AutoNewtonSchulz,
+    GramNewtonSchulz,
+    NewtonSchulz,
+    Orthogonalizer,
+    make_orthogonalizer,
+)
 from muonscope.orth.schedules import JORDAN, Schedule, get_schedule
 
 DEFAULT_NS_COEFFICIENTS = JORDAN
+MOMENTUM_LIMIT = 1e30  # a momentum norm above this freezes its matrix: NS normalization divides by it
 NONFINITE_POLICIES = ("raise", "skip")
 OPTION_KEYS = ("lr", "weight_decay", "momentum", "nesterov", "ns_coefficients", "eps", "ns_steps", "adjust_lr_fn",
                "schedule", "orthogonalizer", "momentum_form", "ns_dtype", "split")
@@ -95,7 +103,11 @@ class Muon(Optimizer):
             ``ns_coefficients`` (Jordan's by default) as a one-tuple schedule.
         orthogonalizer: "ns", "exact", a registered kind, or an ``Orthogonalizer`` instance.
         momentum_form: "ema" (B ← lerp(B, G, 1−β), torch / Keller Jordan) or "sum" (B ← βB + G).
-        ns_dtype: NS compute dtype (None: bf16 on CUDA, fp32 elsewhere).
+        ns_dtype: NS compute dtype. None: bf16 where bf16 products are fast (CUDA; a CPU with
+            native bf16 matrix instructions or whose bf16 GEMM times at least as fast as fp32, probed
+            once per process), else fp32; ``MUONSCOPE_NS_DTYPE`` overrides the default. Gram NS
+            (``orthogonalizer="gram"``/``"auto"``) uses fp16 on CUDA. Spectra on sampled steps are
+            always computed in fp32 or better.
         split: orthogonalize row blocks separately: an int k (equal blocks, e.g. heads) or a list
             of row counts (e.g. fused QKV ``[d, d, d]``); rows of each (out, in) matrix of the view.
         views: {parameter name or regex: matrix view} (:mod:`muonscope.optim.views`): how a
@@ -152,6 +164,9 @@ class Muon(Optimizer):
     ) -> None:
         if nonfinite not in NONFINITE_POLICIES:
             raise ConfigError(f"nonfinite must be one of {NONFINITE_POLICIES}, got {nonfinite!r}")
+        if distributed not in (None, True, False):
+            raise ConfigError(f"distributed must be None (auto), True or False, got {distributed!r}")
+        check_adaptive_options(target_q, rho, max_steps)
         if isinstance(params, torch.Tensor):
             raise ParamTypeError("params argument given to the optimizer should be an iterable of Tensors or "
                                  f"dicts, but got {torch.typename(params)}; pass [tensor] or model.parameters()")
@@ -164,6 +179,9 @@ class Muon(Optimizer):
         self._validate_options(defaults)
         self.nonfinite = nonfinite
         self.plan: Plan | None = load_plan(plan) if plan is not None else None
+        for entry in [*self.plan.params.values(), self.plan.default] if self.plan is not None else ():
+            if entry is not None:  # an unknown orthogonalizer kind fails here, not at the first step
+                make_orthogonalizer(entry.orthogonalizer, schedule=entry.schedule, steps=entry.steps)
         self._distributed = distributed
         self._process_group = process_group
         self.views = {canonical_name(k): check_view(v) for k, v in (views or {}).items()}
@@ -189,25 +207,22 @@ class Muon(Optimizer):
         self._muon_step = 0
         self._policies: list = []
         self._pending_policy_state: dict = {}
+        self._ranks_checked = None  # the parameter layout last found equal on every rank
+        self._warned: set[str] = set()  # parameters warned about a zero or frozen update
         self.stats = {"steps": 0, "skipped_nonfinite": 0, "ns_matmuls": 0, "ns_flops": 0, "layers": {},
                       "matrices": 0, "last_ns_matmuls": 0, "last_ns_flops": 0,
-                      "last_local_ns_flops": 0, "last_skipped_nonfinite": 0, "last_matrices": 0}
+                      "last_local_ns_flops": 0, "last_skipped_nonfinite": 0, "last_matrices": 0,
+                      "zero_updates": 0, "last_zero_updates": 0, "nonfinite_updates": 0,
+                      "last_nonfinite_updates": 0, "huge_momentum": 0, "last_huge_momentum": 0}
 
     # --- construction and validation ---------------------------------------------------------
     @staticmethod
     def _validate_options(group: dict) -> None:
         """Check and normalize one group's options in place (values stay checkpoint-safe)."""
-        lr = group["lr"]
-        if isinstance(lr, torch.Tensor) and lr.numel() != 1:
-            raise ConfigError(f"Tensor lr must be 1-element, got shape {tuple(lr.shape)}")
-        if not float(lr) >= 0.0:
-            raise ConfigError(f"lr must be >= 0, got {lr}")
-        if not float(group["momentum"]) >= 0.0:
-            raise ConfigError(f"momentum must be >= 0, got {group['momentum']}")
-        if not float(group["weight_decay"]) >= 0.0:
-            raise ConfigError(f"weight_decay must be >= 0, got {group['weight_decay']}")
-        if not float(group["eps"]) > 0.0:
-            raise ConfigError(f"eps must be > 0, got {group['eps']}")
+        Muon._check_scalars(group)
+        if not isinstance(group["nesterov"], (bool, np.bool_)):
+            raise ConfigError(f"nesterov must be True or False, got {group['nesterov']!r}")
+        group["nesterov"] = bool(group["nesterov"])
         if group["adjust_lr_fn"] not in ADJUST_LR_FNS:
             raise ConfigError(f"Adjust learning rate function {group['adjust_lr_fn']} is not supported; "
                               f"adjust_lr_fn must be one of {ADJUST_LR_FNS}")
@@ -220,22 +235,53 @@ class Muon(Optimizer):
         if len(coeffs) != 3 or not all(math.isfinite(x) for x in coeffs):
             raise ConfigError(f"ns_coefficients must be 3 finite numbers (a, b, c), got {group['ns_coefficients']!r}")
         group["ns_coefficients"] = coeffs
-        steps = group["ns_steps"]
-        if steps is not None and steps != ADAPTIVE and (isinstance(steps, bool) or not isinstance(steps, int) or steps < 1):
-            raise ConfigError(f"ns_steps must be a positive int, None or 'adaptive', got {steps!r}")
         group["schedule"] = _schedule_value(group["schedule"])
+        sched = group["schedule"]
+        if sched is not None and group["ns_steps"] in (None, ADAPTIVE):  # its default steps are run
+            sched = Schedule.from_dict(sched) if isinstance(sched, dict) else get_schedule(sched)
+            V.ns_steps(f"default_steps of schedule {sched.name!r}", sched.default_steps)
         group["ns_dtype"] = _dtype_name(group["ns_dtype"])
         kind = group["orthogonalizer"]
         if not isinstance(kind, Orthogonalizer):
             make_orthogonalizer(kind, schedule="jordan", steps=1)  # raises ConfigError if unknown
+        for ns in (kind, getattr(kind, "bulk", None)):
+            if isinstance(ns, NewtonSchulz):
+                V.ns_steps("the orthogonalizer's NS steps", ns.steps)
         split = group["split"]
         if split is not None:
             parts = (split,) if isinstance(split, int) else tuple(split)
-            if not parts or any(isinstance(k, bool) or not isinstance(k, int) or k < 1 for k in parts):
+            if not parts or any(isinstance(k, bool) or not isinstance(k, int) or k < 1 or k > V.MAX_COUNT
+                                for k in parts):
                 raise ConfigError(f"split must be a positive int or a list of positive row counts, got {split!r}")
             group["split"] = split if isinstance(split, int) else list(parts)
 
+    @staticmethod
+    def _check_scalars(group: dict) -> None:
+        """The numbers a step reads: lr ≥ 0 (a float or 1-element tensor), momentum β ∈ [0, 1),
+        weight_decay ≥ 0 with lr·weight_decay ≤ 1 (the decay factor 1 − lr·wd stays in [0, 1]),
+        eps > 0, all finite, and ns_steps None, "adaptive" or an int in [1, MAX_NS_STEPS]. Checked
+        at construction and again before every step (schedulers and users edit groups); cheap."""
+        lr = group["lr"]
+        if isinstance(lr, torch.Tensor) and lr.numel() != 1:
+            raise ConfigError(f"Tensor lr must be 1-element, got shape {tuple(lr.shape)}")
+        for key in ("lr", "momentum", "weight_decay", "eps"):
+            if isinstance(group[key], (str, bytes)):
+                raise ConfigError(f"{key} must be a number, got {group[key]!r}")
+        lr = V.nonnegative("lr", lr)
+        V.real("momentum", group["momentum"], low=0.0, high=1.0, high_open=True)
+        wd = V.nonnegative("weight_decay", group["weight_decay"])
+        if lr * wd > 1.0:
+            raise ConfigError(f"lr * weight_decay must be <= 1 (weights are scaled by 1 - lr * weight_decay each "
+                              f"step), got lr={lr:g}, weight_decay={wd:g}")
+        V.positive("eps", group["eps"])
+        steps = group["ns_steps"]
+        if steps is not None and steps != ADAPTIVE:
+            if isinstance(steps, bool) or not isinstance(steps, int):
+                raise ConfigError(f"ns_steps must be a positive int, None or 'adaptive', got {steps!r}")
+            V.ns_steps("ns_steps", steps)
+
     def add_param_group(self, param_group: dict) -> None:
+        self._refuse_duplicates(param_group)
         super().add_param_group(param_group)
         group = self.param_groups[-1]
         try:
@@ -249,6 +295,31 @@ class Muon(Optimizer):
             raise
         if getattr(self, "_constructed", False):  # a group added later may need a policy too
             self._install_policies(*self._adaptive_options, [])
+
+    def _refuse_duplicates(self, param_group) -> None:
+        """The same tensor twice would be updated twice per step: refuse it within a group (torch
+        only warns) and across groups (torch's ValueError, as a ConfigError naming it)."""
+        if not isinstance(param_group, dict):
+            return  # torch raises its TypeError
+        params = param_group.get("params")
+        if params is None or isinstance(params, (torch.Tensor, set)):
+            return
+        param_group["params"] = params = list(params)
+        seen: dict[int, int] = {}
+        for j, p in enumerate(params):
+            t = p[1] if isinstance(p, tuple) and len(p) == 2 else p
+            if not isinstance(t, torch.Tensor):
+                continue
+            if id(t) in seen:
+                label = repr(p[0]) if isinstance(p, tuple) else f"entry {j}"
+                raise ConfigError(f"optimizer contains a parameter group with duplicate parameters: {label} is "
+                                  f"entry {seen[id(t)]} too; it would be updated twice per step, list it once")
+            seen[id(t)] = j
+            for gi, g in enumerate(self.param_groups):
+                if any(q is t for q in g["params"]):
+                    label = repr(p[0]) if isinstance(p, tuple) else f"entry {j}"
+                    raise ConfigError(f"some parameters appear in more than one parameter group: {label} is in "
+                                      f"group {gi} already; list each parameter once")
 
     def _check_param(self, name: str, p: torch.Tensor, group: dict) -> None:
         if p.is_sparse or p.layout != torch.strided and not D.is_dtensor(p):
@@ -354,10 +425,14 @@ class Muon(Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
+        for group in self.param_groups:  # values set on a group since construction
+            self._check_scalars(group)
         ctx = D.DistContext.detect(self._process_group, self._distributed)
         if ctx and not all(getattr(c, "distributed_safe", False) for c in self._policies):
             raise ConfigError("adaptive steps and failed-share-triggered hybrid correction decide from spectra "
                               "seen on one rank; use them in single-process training (or hybrid with bound=None)")
+        if ctx:
+            self.check_ranks(ctx)
         step = self._muon_step + 1
         items = self._screen_nonfinite(self._collect(), ctx)
         want = [bool(h.wants_spectrum(step)) for h in list(self._orth_hooks.values())]  # every hook is asked
@@ -366,10 +441,74 @@ class Muon(Optimizer):
         F.orthogonalize(local, any(want), retain=bool(self._orth_hooks))
         self._notify(local, step, ctx.rank if ctx else 0)
         D.gather_updates_(works, owners, ctx)
+        self._screen_updates(works)
         F.apply_updates(works)
         self._account(works, local, step)
         self._muon_step = step
         return loss
+
+    def signature(self) -> list[tuple]:
+        """(group, name, shape, dtype, view, split) of every parameter in order: what every rank
+        must agree on for sharded steps (DTensor parameters by their global shape)."""
+        index = {id(g): i for i, g in enumerate(self.param_groups)}
+        return [D.layout_row(index[id(g)], name, p, self.view_of(name, p), g["split"])
+                for name, p, g in self.named_params()]
+
+    def layout_key(self, ctx) -> tuple:
+        """What identifies the parameter layout last compared across ranks (cheap: tensor ids)."""
+        return ctx.world, tuple(id(p) for g in self.param_groups for p in g["params"])
+
+    def check_ranks(self, ctx) -> None:
+        """Compare :meth:`signature` across the ranks of ``ctx`` on the first step and whenever
+        the parameters change: :class:`~muonscope.errors.DistributedMismatchError` on every rank
+        alike when they differ, before any collective that could hang or crash on the mismatch."""
+        key = self.layout_key(ctx)
+        if key != self._ranks_checked:
+            D.check_same_layout(self.signature(), ctx)
+            self._ranks_checked = key
+
+    def _screen_updates(self, works: list[F.Work]) -> None:
+        """Find matrices whose update is exactly zero although their momentum is not (NS
+        normalization over/underflowed: the parameter stops moving), whose update is not finite
+        (replaced by zeros so parameters stay finite) or whose momentum norm exceeds
+        MOMENTUM_LIMIT; count them in ``stats`` and warn once per parameter. Read-only otherwise."""
+        st = self.stats
+        st.update(last_zero_updates=0, last_nonfinite_updates=0, last_huge_momentum=0)
+        if not works:
+            return
+        upd = torch._foreach_norm([w.update for w in works])
+        mom = torch._foreach_norm([w.momentum if w.momentum is not None else w.materialize() for w in works])
+        dev = upd[0].device
+        u_norm = torch.stack([u.float().to(dev) for u in upd])
+        m_norm = torch.stack([m.float().to(dev) for m in mom])
+        flags = torch.stack([(u_norm == 0) & (m_norm > 0), ~torch.isfinite(u_norm),
+                             ~(m_norm <= MOMENTUM_LIMIT)])
+        if not bool(flags.any()):
+            return
+        zero, nonfinite, huge = (f.tolist() for f in flags)
+        m_list = m_norm.tolist()
+        layers = st.setdefault("layers", {})
+        for w, z, nf, h, mn in zip(works, zero, nonfinite, huge, m_list, strict=True):
+            if nf:
+                w.update = torch.zeros_like(w.update)
+            for flag, key in ((z, "zero_updates"), (nf, "nonfinite_updates"), (h, "huge_momentum")):
+                if flag:
+                    st[key] += 1
+                    st["last_" + key] += 1
+                    e = layers.setdefault(w.name, {"ns_flops": 0, "ns_matmuls": 0})
+                    e[key] = e.get(key, 0) + 1
+            if (z or nf or h) and w.name not in self._warned:
+                self._warned.add(w.name)
+                what = ("a non-finite update, not applied," if nf else
+                        "an exactly zero update although its momentum is not zero (the Newton-Schulz "
+                        "normalization overflowed: the parameter stops moving while this momentum lasts)" if z else
+                        f"a momentum norm above {MOMENTUM_LIMIT:g} (one huge gradient steers its updates "
+                        "for hundreds of steps)")
+                warnings.warn(
+                    f"Muon: {w.name!r} got {what} at step {self._muon_step + 1} (momentum norm {mn:.3g}). Lower "
+                    "the loss scale or clip gradients, and reset its momentum (optimizer.state[p].clear()); "
+                    "counted in optimizer.stats (zero_updates, nonfinite_updates, huge_momentum)",
+                    RuntimeWarning, stacklevel=3)
 
     def _collect(self) -> list[tuple[str, torch.Tensor, dict]]:
         items = []
@@ -451,7 +590,11 @@ class Muon(Optimizer):
 
                 r = rows if sl is None else sl.stop - sl.start
                 orth, key = self._choose(name, prefix + suffix, group, step)
-                cdt = (orth.dtype or default_compute_dtype(dev)) if isinstance(orth, NewtonSchulz) else dt
+                if isinstance(orth, AutoNewtonSchulz):  # Gram or standard NS by this matrix's shape
+                    orth = orth.choose(r, cols, dev)
+                if isinstance(orth, GramNewtonSchulz):  # dtype and restarts fixed for the device
+                    orth = orth.for_device(dev)
+                cdt = orth.compute_dtype(dev) if isinstance(orth, NewtonSchulz) else dt
                 out.append(F.Work(p, group, prefix + suffix, pick(X3), pick(M3), (e, sl), orth, key,
                                   int(orth.flops(r, cols)), lr_ratio(group["adjust_lr_fn"], r, cols), cdt,
                                   torch.Size((r, cols)), dev, grad=pick(G3), view=view,
@@ -503,25 +646,89 @@ class Muon(Optimizer):
 
     def load_state_dict(self, state_dict: dict) -> None:
         """Load a state dict from :meth:`state_dict` (or from ``torch.optim.Muon``: missing options
-        take this optimizer's defaults)."""
-        sd = dict(state_dict)
+        take this optimizer's defaults).
+
+        Saved parameters are paired with this optimizer's by name when both carry names (torch ≥ 2.6
+        stores ``param_names`` for named parameters), else by position; missing or extra names,
+        parameters in another group and momentum buffers of another shape are refused with
+        :class:`~muonscope.errors.StateDictMismatchError` (see :mod:`muonscope.optim.layout`), as
+        are invalid options. A refused state dict changes nothing."""
+        sd = dict(state_dict) if isinstance(state_dict, dict) else state_dict
+        hooks = self._optimizer_load_state_dict_pre_hooks
+        for hook in hooks.values():  # run here so that hooks may adapt the layout before it is checked
+            result = hook(self, sd)
+            if result is not None:
+                sd = result
+        sd = align_state_dict(sd, self.param_groups)
         extra = sd.pop("muonscope", None)
-        before = [dict(g) for g in self.param_groups]
-        super().load_state_dict(sd)
-        for g, old in zip(self.param_groups, before, strict=True):
+        prepared = self._loaded_options(sd["param_groups"])
+        step, stats, controllers = self._loaded_extra(extra)
+        snapshot = self._snapshot()
+        pre_hooks = list(hooks.items())
+        hooks.clear()  # already run above
+        try:
+            super().load_state_dict(sd)
+            for g, options in zip(self.param_groups, prepared, strict=True):
+                g.update(options)
+            if extra:
+                self._muon_step = step
+                self.stats.update(stats)
+                self._pending_policy_state.update(controllers)
+                for c in self._policies:
+                    state = self._pending_policy_state.pop(policy_key(c), None)
+                    if state is not None and callable(getattr(c, "load_state_dict", None)):
+                        c.load_state_dict(state)
+        except Exception:
+            self._restore(snapshot)
+            raise
+        finally:
+            hooks.update(pre_hooks)
+        self._ranks_checked = None  # group options may differ: compare across ranks again
+
+    def _loaded_options(self, saved_groups: list[dict]) -> list[dict]:
+        """Each saved group's options, completed with this optimizer's defaults and validated
+        against the current parameters (on copies: nothing is changed here)."""
+        out = []
+        names = [[n for n, _, gg in self.named_params() if gg is g] for g in self.param_groups]
+        for sg, cur, cur_names in zip(saved_groups, self.param_groups, names, strict=True):
+            opts = {k: v for k, v in sg.items() if k not in ("params", "param_names")}
             for k in OPTION_KEYS:  # torch's own defaults (e.g. "differentiable") are not Muon options
-                g.setdefault(k, self.defaults[k])
-            if isinstance(old["orthogonalizer"], Orthogonalizer) and g["orthogonalizer"] == old["orthogonalizer"].kind:
-                g["orthogonalizer"] = old["orthogonalizer"]
-            self._validate_options(g)
-        if extra:
-            self._muon_step = int(extra.get("step", 0))
-            self.stats.update(extra.get("stats", {}))
-            self._pending_policy_state.update(extra.get("controllers", {}))
-            for c in self._policies:
-                state = self._pending_policy_state.pop(policy_key(c), None)
-                if state is not None and callable(getattr(c, "load_state_dict", None)):
-                    c.load_state_dict(state)
+                opts.setdefault(k, self.defaults[k])
+            old = cur["orthogonalizer"]
+            if isinstance(old, Orthogonalizer) and opts["orthogonalizer"] == old.kind:
+                opts["orthogonalizer"] = old
+            self._validate_options(opts)
+            for name, p in zip(cur_names, cur["params"], strict=True):
+                self._check_param(name, p, opts)
+            out.append(opts)
+        return out
+
+    @staticmethod
+    def _loaded_extra(extra) -> tuple[int, dict, dict]:
+        """(step, stats, policy states) of a saved ``"muonscope"`` entry, type-checked."""
+        if not extra:
+            return 0, {}, {}
+        if not isinstance(extra, dict):
+            raise ConfigError(f"the state dict's 'muonscope' entry must be a dict, got {type(extra).__name__}")
+        step = V.integer("saved step", extra.get("step", 0), low=0)
+        stats, controllers = extra.get("stats", {}) or {}, extra.get("controllers", {}) or {}
+        if not isinstance(stats, dict) or not isinstance(controllers, dict):
+            raise ConfigError("the state dict's 'muonscope' entry needs dicts under 'stats' and 'controllers'")
+        return step, stats, controllers
+
+    def _snapshot(self) -> tuple:
+        """What :meth:`load_state_dict` may change, to put back if it fails halfway."""
+        policies = [(c, c.state_dict()) for c in self._policies if callable(getattr(c, "state_dict", None))]
+        return (self.state, self.param_groups, self._muon_step, dict(self.stats),
+                dict(self._pending_policy_state), policies)
+
+    def _restore(self, snapshot: tuple) -> None:
+        self.state, self.param_groups, self._muon_step, stats, pending, policies = snapshot
+        self.stats = stats
+        self._pending_policy_state = pending
+        for c, state in policies:
+            if callable(getattr(c, "load_state_dict", None)):
+                c.load_state_dict(state)
 
     def __getstate__(self) -> dict:
         state = super().__getstate__()

@@ -9,7 +9,9 @@ A plan maps exact parameter names to an NS configuration (schedule, steps)::
 
 ``schedule`` is a key of ``schedules`` (a :meth:`Schedule.to_dict`) or a registered schedule name;
 ``steps`` defaults to the schedule's ``default_steps``. An entry may also name an
-``orthogonalizer`` kind ("ns" unless given). Extra keys are ignored; anything malformed raises
+``orthogonalizer`` kind: "ns" (standard NS, the default), "gram" (Gram NS: the same map, fewer
+FLOPs on wide matrices), "auto" (Gram where the aspect ratio pays, standard elsewhere), "exact",
+"hybrid" or any registered kind. Extra keys are ignored; anything malformed raises
 :class:`~muonscope.errors.ConfigError`.
 """
 
@@ -20,9 +22,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from muonscope import validate as V
 from muonscope._jsonfile import read_json
 from muonscope.conventions import PLAN_FORMAT
 from muonscope.errors import ConfigError, MuonscopeError
+from muonscope.orth.orthogonalizers import make_orthogonalizer
 from muonscope.orth.schedules import Schedule, get_schedule
 
 
@@ -72,9 +76,14 @@ def _entry(where: str, entry, schedules: Mapping[str, Schedule]) -> ParamPlan:
     steps = entry.get("steps", sched.default_steps)
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
         raise ConfigError(f"plan {where}: 'steps' must be a positive integer, got {steps!r}")
+    V.ns_steps(f"plan {where}: 'steps'", steps)  # bounded, so that no plan can make a step hang
     kind = entry.get("orthogonalizer", "ns")
     if not isinstance(kind, str):
         raise ConfigError(f"plan {where}: 'orthogonalizer' must be a string, got {kind!r}")
+    try:
+        make_orthogonalizer(kind, schedule=sched, steps=steps)
+    except ConfigError as exc:
+        raise ConfigError(f"plan {where}: {exc}") from None
     layer_type = entry.get("layer_type")
     return ParamPlan(sched, steps, kind, layer_type if isinstance(layer_type, str) else None)
 

@@ -22,9 +22,11 @@ import torch
 from torch import nn
 from torch.optim import Optimizer
 
+from muonscope import validate as V
 from muonscope.errors import ConfigError, NonFiniteError
 from muonscope.optim import distributed as D
 from muonscope.optim.functional import nonfinite_mask
+from muonscope.optim.layout import align_state_dict, saved_groups
 from muonscope.optim.muon import DEFAULT_NS_COEFFICIENTS, NONFINITE_POLICIES, Muon
 from muonscope.optim.views import canonical_name, infer_views
 
@@ -46,8 +48,8 @@ def _matcher(sel: Selector) -> Callable[[str, torch.Tensor], bool]:
         return lambda name, p: False
     if callable(sel):
         return sel
-    pats = [sel] if isinstance(sel, str) else list(sel)
     try:
+        pats = [sel] if isinstance(sel, str) else list(sel)
         compiled = [re.compile(p) for p in pats]
     except (re.error, TypeError) as exc:
         raise ConfigError(f"override patterns must be regular expressions, got {sel!r}: {exc}") from exc
@@ -73,11 +75,69 @@ def route(name: str, param: torch.Tensor, owner: nn.Module | None, owner_name: s
     return "muon", "hidden matrix"
 
 
+def check_adamw_options(group: dict, prefix: str = "adamw_") -> None:
+    """AdamW's numbers: lr ≥ 0 (float or 1-element tensor), betas a pair in [0, 1), eps > 0,
+    weight_decay ≥ 0 with lr·weight_decay ≤ 1, all finite (torch's AdamW accepts inf and NaN)."""
+    lr = group["lr"]
+    if isinstance(lr, torch.Tensor) and lr.numel() != 1:
+        raise ConfigError(f"Tensor {prefix}lr must be 1-element, got shape {tuple(lr.shape)}")
+    for key in ("lr", "eps", "weight_decay"):
+        if isinstance(group[key], (str, bytes)):
+            raise ConfigError(f"{prefix}{key} must be a number, got {group[key]!r}")
+    lr = V.nonnegative(f"{prefix}lr", lr)
+    betas = group["betas"]
+    if isinstance(betas, (str, bytes, torch.Tensor)) or not hasattr(betas, "__len__") or len(betas) != 2:
+        raise ConfigError(f"{prefix}betas must be a pair (beta1, beta2), got {betas!r}")
+    for i, b in enumerate(betas):
+        if isinstance(b, (str, bytes)):
+            raise ConfigError(f"{prefix}betas[{i}] must be a number, got {b!r}")
+        V.real(f"{prefix}betas[{i}]", b, low=0.0, high=1.0, high_open=True)
+    V.positive(f"{prefix}eps", group["eps"])
+    wd = V.nonnegative(f"{prefix}weight_decay", group["weight_decay"])
+    if lr * wd > 1.0:
+        raise ConfigError(f"{prefix}lr * {prefix}weight_decay must be <= 1 (weights are scaled by 1 - lr * "
+                          f"weight_decay each step), got lr={lr:g}, weight_decay={wd:g}")
+
+
+def _tensors(groups: list[dict], where: str) -> list[tuple[str, torch.Tensor]]:
+    """(label, tensor) of every entry of ``groups`` (tensors or (name, tensor) pairs)."""
+    out = []
+    for gi, g in enumerate(groups):
+        params = g.get("params")
+        if isinstance(params, torch.Tensor):
+            params = [params]
+        elif params is not None and not isinstance(params, set):
+            g["params"] = params = list(params)
+        for j, p in enumerate(params or ()):
+            t = p[1] if isinstance(p, tuple) and len(p) == 2 else p
+            if isinstance(t, torch.Tensor):
+                out.append((f"{where} {p[0]!r}" if isinstance(p, tuple) else f"{where} group {gi} entry {j}", t))
+    return out
+
+
+def _refuse_shared(muon_groups: list[dict], adamw_groups: list[dict]) -> None:
+    """No tensor may be listed twice: once in Muon and once in AdamW, or twice in AdamW's groups
+    (it would be updated twice per step; torch's AdamW only warns within a group)."""
+    seen: dict[int, str] = {}
+    for where, groups in (("Muon", muon_groups), ("AdamW", adamw_groups)):
+        for label, t in _tensors(groups, where):
+            if id(t) in seen and (where == "AdamW" or seen[id(t)].startswith("AdamW")):
+                raise ConfigError(f"the same tensor is listed twice ({seen[id(t)]} and {label}); it would be "
+                                  "updated twice per step: give each parameter to one optimizer, once")
+            seen.setdefault(id(t), label)
+
+
 def split_params(model: nn.Module, *, muon: Selector = None, adamw: Selector = None,
                  head_names: Iterable[str] = HEAD_NAMES) -> ParamSplit:
     """Split ``model``'s trainable parameters into Muon and AdamW lists (see module docstring)."""
     if not isinstance(model, nn.Module):
         raise ConfigError(f"split_params needs an nn.Module, got {type(model).__name__}")
+    try:
+        head_names = tuple(head_names)
+    except TypeError:
+        head_names = None
+    if head_names is None or isinstance(head_names, str) or not all(isinstance(h, str) for h in head_names):
+        raise ConfigError(f"head_names must be a list of module names, got {head_names!r}")
     to_muon, to_adamw = _matcher(muon), _matcher(adamw)
     owners: dict[int, tuple[nn.Module, str]] = {}
     embedded: set[int] = set()
@@ -138,7 +198,12 @@ class MuonWithAdamW(Optimizer):
                  nonfinite: str = "raise", **muon_options) -> None:
         if nonfinite not in NONFINITE_POLICIES:
             raise ConfigError(f"nonfinite must be one of {NONFINITE_POLICIES}, got {nonfinite!r}")
+        adamw_defaults = dict(lr=adamw_lr, betas=adamw_betas, eps=adamw_eps, weight_decay=adamw_weight_decay)
+        check_adamw_options(adamw_defaults)
         muon_groups, adamw_groups = self._groups(model_or_groups, muon_params, adamw_params)
+        _refuse_shared(muon_groups, adamw_groups)
+        for g in adamw_groups:
+            check_adamw_options({**adamw_defaults, **{k: v for k, v in g.items() if k in adamw_defaults}})
         if isinstance(model_or_groups, nn.Module):
             muon_options["views"] = {**infer_views(model_or_groups), **(muon_options.get("views") or {})}
         self.nonfinite = nonfinite
@@ -153,6 +218,7 @@ class MuonWithAdamW(Optimizer):
             for g in opt.param_groups if opt is not None else ():
                 g["use_muon"] = flag
         self._adamw_stats = {"adamw_skipped_nonfinite": 0, "last_adamw_skipped_nonfinite": 0}
+        self._ranks_checked = None
         self._ready = False
         super().__init__([{"params": []}], dict((self.muon or self.adamw).defaults))
         self._ready = True
@@ -213,6 +279,12 @@ class MuonWithAdamW(Optimizer):
         target = self.muon if use_muon else self.adamw
         if target is None:
             raise ConfigError(f"this MuonWithAdamW was built without {'Muon' if use_muon else 'AdamW'} parameters")
+        current = [{"params": list(g["params"])} for g in self.param_groups]
+        mine, others = ([param_group], []) if use_muon else ([], [param_group])
+        _refuse_shared([*current[:len(self.muon.param_groups) if self.muon else 0], *mine],
+                       [*current[len(self.muon.param_groups) if self.muon else 0:], *others])
+        if not use_muon:
+            check_adamw_options({**self.adamw.defaults, **param_group})
         target.add_param_group(param_group)
         target.param_groups[-1]["use_muon"] = use_muon
 
@@ -221,6 +293,30 @@ class MuonWithAdamW(Optimizer):
         if self.muon is None:
             raise ConfigError("no Muon parameters to observe")
         return self.muon.register_orth_hook(hook)
+
+    def _dist_context(self):
+        opts = self.muon
+        return D.DistContext.detect(opts._process_group if opts else None, opts._distributed if opts else None)
+
+    def _check_ranks(self) -> None:
+        """Compare Muon's and AdamW's parameters across ranks once per layout, before the first
+        collective (see :meth:`Muon.check_ranks`)."""
+        ctx = self._dist_context()
+        if not ctx:
+            return
+        adamw = [p for g in self.adamw.param_groups for p in g["params"]] if self.adamw is not None else []
+        key = (self.muon.layout_key(ctx) if self.muon is not None else None, tuple(map(id, adamw)))
+        if key == self._ranks_checked:
+            return
+        rows = self.muon.signature() if self.muon is not None else []
+        offset = len(self.muon.param_groups) if self.muon is not None else 0
+        for gi, g in enumerate(self.adamw.param_groups if self.adamw is not None else ()):
+            names = g.get("param_names") or [f"adamw{gi}.param{j}" for j in range(len(g["params"]))]
+            rows += [D.layout_row(offset + gi, n, p, "adamw") for n, p in zip(names, g["params"], strict=True)]
+        D.check_same_layout(rows, ctx)
+        self._ranks_checked = key
+        if self.muon is not None:
+            self.muon._ranks_checked = key[0]
 
     def _adamw_nonfinite(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """Check AdamW gradients; on 'skip' return (param, grad) pairs to hide from AdamW."""
@@ -233,8 +329,7 @@ class MuonWithAdamW(Optimizer):
             named += [(n, p) for n, p in zip(names, g["params"], strict=True) if p.grad is not None]
         if not named:
             return []
-        opts = self.muon if self.muon is not None else None
-        ctx = D.DistContext.detect(opts._process_group if opts else None, opts._distributed if opts else None)
+        ctx = self._dist_context()
         bad = nonfinite_mask([p.grad for _, p in named], ctx)
         if not any(bad):
             return []
@@ -254,6 +349,12 @@ class MuonWithAdamW(Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
+        for g in self.adamw.param_groups if self.adamw is not None else ():
+            check_adamw_options(g)  # values set on a group since construction; Muon checks its own
+        if self.muon is not None:
+            for g in self.muon.param_groups:
+                Muon._check_scalars(g)
+        self._check_ranks()
         hidden = self._adamw_nonfinite()
         if self.muon is not None:
             self.muon.step()
@@ -292,50 +393,84 @@ class MuonWithAdamW(Optimizer):
         return out
 
     def load_state_dict(self, state_dict: dict) -> None:
-        """Load what :meth:`state_dict` returned (or the former ``{"muon", "adamw"}`` layout)."""
-        sd = dict(state_dict)
+        """Load what :meth:`state_dict` returned (or the former ``{"muon", "adamw"}`` layout).
+
+        Parameters are paired by name where the saved groups carry names, else by position, and
+        refused (:class:`~muonscope.errors.StateDictMismatchError`) when names, groups or state
+        shapes differ (:mod:`muonscope.optim.layout`); a refused state dict changes nothing."""
+        sd = dict(state_dict) if isinstance(state_dict, dict) else state_dict
         for hook in self._optimizer_load_state_dict_pre_hooks.values():
             result = hook(self, sd)
             if result is not None:
                 sd = result
+        if not isinstance(sd, dict):
+            raise ConfigError(f"an optimizer state dict must be a dict, got {type(sd).__name__}")
         if "param_groups" not in sd and ("muon" in sd or "adamw" in sd):
-            self._load_split(sd)
+            parts, adamw_stats = self._split_layout(sd), sd.get("adamw_stats") or {}
         else:
-            self._load_torch_layout(sd)
+            parts, adamw_stats = self._torch_layout(sd), (sd.get("muonscope") or {}).get("adamw_stats") or {}
+        if not isinstance(adamw_stats, dict):
+            raise ConfigError("the state dict's 'adamw_stats' must be a dict")
+        snapshot = [(opt, opt._snapshot() if opt is self.muon else (opt.state, opt.param_groups))
+                    for opt, _ in parts]
+        stats = dict(self._adamw_stats)
+        try:
+            for opt, part in parts:
+                opt.load_state_dict(part)
+                for g in opt.param_groups:
+                    g["use_muon"] = opt is self.muon
+            self._adamw_stats.update(adamw_stats)
+        except Exception:
+            for opt, snap in snapshot:
+                if opt is self.muon:
+                    opt._restore(snap)
+                else:
+                    opt.state, opt.param_groups = snap
+            self._adamw_stats = stats
+            raise
+        self._ranks_checked = None
         for hook in self._optimizer_load_state_dict_post_hooks.values():
             hook(self)
 
-    def _load_torch_layout(self, sd: dict) -> None:
-        groups = sd.get("param_groups")
-        if not isinstance(groups, list) or not all(isinstance(g.get("use_muon"), bool) for g in groups):
+    def _torch_layout(self, sd: dict) -> list[tuple[Optimizer, dict]]:
+        """(optimizer, its part of ``sd``) after checking the whole layout against both optimizers."""
+        groups = saved_groups(sd)
+        if not all(isinstance(g.get("use_muon"), bool) for g in groups):
             raise ConfigError("not a MuonWithAdamW state dict: every param group needs 'use_muon'")
+        # Muon's groups first, then AdamW's, as this optimizer lists them.
+        ordered = [g for g in groups if g["use_muon"]] + [g for g in groups if not g["use_muon"]]
+        aligned = align_state_dict({**sd, "param_groups": ordered}, self.param_groups)
         extra = dict(sd.get("muonscope") or {})
-        adamw_stats = extra.pop("adamw_stats", {})
+        extra.pop("adamw_stats", None)
+        parts = []
         for flag, opt in ((True, self.muon), (False, self.adamw)):
-            sub = [g for g in groups if g["use_muon"] is flag]
+            sub = [g for g in aligned["param_groups"] if g["use_muon"] is flag]
             if (opt is None) != (not sub):
                 raise ConfigError(f"state dict and optimizer disagree on whether there are "
                                   f"{'Muon' if flag else 'AdamW'} parameters")
             if opt is None:
                 continue
             ids = {i for g in sub for i in g["params"]}
-            part = {"state": {k: v for k, v in sd.get("state", {}).items() if k in ids}, "param_groups": sub}
+            part = {"state": {k: v for k, v in (sd.get("state") or {}).items() if k in ids}, "param_groups": sub}
             if flag and extra:
                 part["muonscope"] = extra
-            opt.load_state_dict(part)
-            for g in opt.param_groups:
-                g["use_muon"] = flag
-        self._adamw_stats.update(adamw_stats)
+            parts.append((opt, part))
+        return parts
 
-    def _load_split(self, state_dict: dict) -> None:
+    def _split_layout(self, sd: dict) -> list[tuple[Optimizer, dict]]:
+        """The former ``{"muon": …, "adamw": …}`` layout, each part checked before any is loaded."""
+        parts = []
         for key, opt in (("muon", self.muon), ("adamw", self.adamw)):
-            if (opt is None) != (state_dict.get(key) is None):
+            if (opt is None) != (sd.get(key) is None):
                 raise ConfigError(f"state dict and optimizer disagree on whether there are {key} parameters")
             if opt is not None:
-                opt.load_state_dict(state_dict[key])
-                for g in opt.param_groups:
-                    g["use_muon"] = key == "muon"
-        self._adamw_stats.update(state_dict.get("adamw_stats", {}))
+                part = dict(sd[key]) if isinstance(sd[key], dict) else sd[key]
+                extra = part.pop("muonscope", None) if isinstance(part, dict) else None
+                part = align_state_dict(part, opt.param_groups)
+                if extra is not None:
+                    part["muonscope"] = extra
+                parts.append((opt, part))
+        return parts
 
     def __getstate__(self) -> dict:
         return {"defaults": self.defaults, "muon": self.muon, "adamw": self.adamw, "nonfinite": self.nonfinite,

@@ -30,6 +30,7 @@ import math
 import numpy as np
 import torch
 
+from muonscope import validate as V
 from muonscope.conventions import FAILURE_RHO, sampled
 from muonscope.errors import ConfigError, ShapeError
 from muonscope.orth.analysis import composed_map, ns_flops, ns_matmuls
@@ -108,15 +109,25 @@ class HybridNS(Orthogonalizer):
                  eps: float = 1e-7) -> None:
         if correction not in CORRECTIONS:
             raise ConfigError(f"correction must be one of {CORRECTIONS}, got {correction!r}")
-        if not (isinstance(fraction, (int, float)) and 0.0 < fraction <= 1.0):
-            raise ConfigError(f"fraction must lie in (0, 1], got {fraction!r}")
+        for name, v in (("fraction", fraction), ("bound", bound), ("rho", rho), ("eps", eps)):
+            if isinstance(v, (str, bytes)):
+                raise ConfigError(f"{name} must be a number, got {v!r}")
+        V.real("fraction", fraction, low=0.0, high=1.0, low_open=True)
         if isinstance(every, bool) or not isinstance(every, int) or every < 1:
             raise ConfigError(f"every must be a positive int (correct every k-th step), got {every!r}")
-        if bound is not None and not (isinstance(bound, (int, float)) and 0.0 <= bound < 1.0):
-            raise ConfigError(f"bound must be None or a failed share in [0, 1), got {bound!r}")
-        if not (isinstance(rho, (int, float)) and rho > 0):
-            raise ConfigError(f"rho must be positive, got {rho!r}")
+        V.steps("every", every)
+        if bound is not None:
+            V.real("bound (a failed share; None disables it)", bound, low=0.0, high=1.0, high_open=True)
+        V.fraction("rho", rho)
+        V.positive("eps", eps)
+        if steps is not None:
+            if isinstance(steps, bool) or not isinstance(steps, int):
+                raise ConfigError(f"steps must be a positive int or None, got {steps!r}")
+            V.ns_steps("steps", steps)
+        if dtype is not None and not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
+            raise ConfigError(f"dtype must be a floating torch dtype or None, got {dtype!r}")
         self.bulk = NewtonSchulz(schedule, steps, dtype=dtype, eps=eps)
+        V.ns_steps("steps (the schedule's default_steps)", self.bulk.steps)
         self.correction, self.fraction = correction, float(fraction)
         self.every, self.bound, self.rho = every, (None if bound is None else float(bound)), float(rho)
         self._exact = ExactPolar()
