@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
+
+from muonscope._atomic import atomic_write
 
 
 def read_json(path: Path, error: type[Exception], *, missing: str):
@@ -18,13 +19,12 @@ def read_json(path: Path, error: type[Exception], *, missing: str):
 
 
 def write_json(path, data, *, indent: int | None = 1, allow_nan: bool = True) -> Path:
-    """Write ``data`` as JSON atomically: a temporary file beside ``path``, then a rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".tmp-{path.name}")
+    """Write ``data`` as JSON with :func:`muonscope._atomic.atomic_write` (unique temporary file,
+    fsync, rename; nothing left behind on failure; non-regular targets refused)."""
+    from muonscope.errors import ConfigError
+
     try:
-        tmp.write_text(json.dumps(data, indent=indent, allow_nan=allow_nan))
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
+        text = json.dumps(data, indent=indent, allow_nan=allow_nan)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"cannot write {path}: content is not JSON-serializable ({exc})") from exc
+    return atomic_write(Path(path), text)

@@ -20,12 +20,22 @@ for _group in GROUPS:
     importlib.import_module(f"muonscope.cli.{_group}")
 
 
-def main() -> None:
-    """Console-script entry point: typed errors become one stderr line and exit code 2."""
+def _one_line(text: str) -> str:
+    return " ".join(str(text).split()) or "unknown error"
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console-script entry point: typed errors become one stderr line and exit code 2.
+
+    ``argv`` (default ``sys.argv[1:]``) lets tests drive the CLI in-process."""
     try:
-        rc = app(standalone_mode=False)
+        rc = app(args=argv, prog_name="muonscope", standalone_mode=False)
     except MuonscopeError as exc:
-        print(f"muonscope: error: {exc}", file=sys.stderr)
+        print(f"muonscope: error: {_one_line(exc)}", file=sys.stderr)
+        sys.exit(2)
+    except OSError as exc:  # the environment (disk full, permissions) on a path not routed through _atomic
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"muonscope: error: {where}{_one_line(exc.strerror or exc)}", file=sys.stderr)
         sys.exit(2)
     except typer.Exit as exc:
         sys.exit(exc.exit_code)
@@ -37,7 +47,7 @@ def main() -> None:
         if hasattr(exc, "format_message") and hasattr(exc, "exit_code"):
             message = exc.format_message()
             if message:
-                print(f"muonscope: error: {message}", file=sys.stderr)
+                print(f"muonscope: error: {_one_line(message)}", file=sys.stderr)
             sys.exit(exc.exit_code or 0)
         raise
     sys.exit(rc if isinstance(rc, int) else 0)

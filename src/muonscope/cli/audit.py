@@ -68,10 +68,15 @@ def audit_cmd(
         return
     if (demo is None) == (script is None):
         fail("pass exactly one of --demo NAME or --script path.py:function")
-    if steps < 1:
-        fail("--steps must be >= 1")
+    from muonscope import validate as V
+
+    steps = V.steps("--steps", steps, high=100_000)
     if demo is not None and demo not in D.DEMOS:
         fail(f"unknown demo {demo!r}; demos: {', '.join(D.DEMOS)}")
+    if json_out is not None and json_out != "-":
+        from muonscope._atomic import check_file_target
+
+        check_file_target(json_out, "--json")
     from muonscope.audit.run import audit
 
     if demo is not None:
@@ -84,7 +89,9 @@ def audit_cmd(
         sys.stdout.write(report.to_json(indent=2) + "\n")
     else:
         if json_out is not None:
-            Path(json_out).write_text(report.to_json(indent=2))
+            from muonscope._atomic import atomic_write
+
+            atomic_write(json_out, report.to_json(indent=2))
         if report.ok:
             console.print(f"muonscope audit: no findings over {steps} steps ({len(report.margins)} matrices judged)")
         else:

@@ -6,7 +6,8 @@ from pathlib import Path
 
 import typer
 
-from muonscope.cli._app import app, console, csv_list, fail
+from muonscope import validate as V
+from muonscope.cli._app import app, console, csv_list, fail, number_list, set_threads, threads_option
 
 calibrate_app = typer.Typer(help="Calibrate the NS recipe on training loss (oracles, real NS configurations, plans; "
                                    "paired seeds).", no_args_is_help=True)
@@ -18,6 +19,8 @@ def _parse_shard(text: str) -> tuple[int, int]:
         i, n = (int(x) for x in text.split("/"))
     except ValueError:
         fail(f"--shard must look like i/n (e.g. 0/2), got {text!r}")
+    if not (1 <= n <= 10_000 and 0 <= i < n):
+        fail(f"--shard must be i/n with 0 <= i < n <= 10000, got {text!r}")
     return i, n
 
 
@@ -37,15 +40,29 @@ def calibrate_run(
     threads: int = typer.Option(1, "--threads", help="torch threads for this process."),
 ) -> None:
     """Train the calibration runs of one shard (resumable; finished rows are skipped)."""
-    import torch
-
+    from muonscope._atomic import check_dir_target
     from muonscope.experiments.calibration import grid_methods, run_calibration
+    from muonscope.experiments.config import PRESET_NAMES
 
-    torch.set_num_threads(threads)
+    threads = threads_option("--threads", threads, zero_ok=False)
+    steps = V.steps("--steps", steps)
+    budget = V.nonnegative("--budget", budget)
+    seed_list = number_list(seeds, "--seeds", V.seed)
+    preset_list = csv_list(presets)
+    for p in preset_list:
+        if p not in PRESET_NAMES:
+            fail(f"--presets: unknown model preset {p!r}; choose from {', '.join(PRESET_NAMES)}")
+    if not preset_list or not seed_list:
+        fail("--presets and --seeds must name at least one preset and one seed")
+    shard_ = _parse_shard(shard)
+    check_dir_target(out, "--out")
+    if runs is not None:
+        check_dir_target(runs, "--runs")
     names = grid_methods(full) if methods == "grid" else csv_list(methods)
     if not names:
         fail("--methods names no method")
-    n = run_calibration(out, names, csv_list(presets), csv_list(seeds, int), steps=steps, shard=_parse_shard(shard),
+    set_threads(threads)
+    n = run_calibration(out, names, preset_list, seed_list, steps=steps, shard=shard_,
                         runs=runs, budget=budget or None, log=console.print)
     console.print(f"{n} run(s) finished in this call; rows in {out / 'runs.csv'}")
 
@@ -60,13 +77,20 @@ def calibrate_summarize(
     """Paired tables, the statistic that predicts the loss, the calibrated criterion and figures."""
     import pandas as pd
 
+    from muonscope.errors import MuonscopeError
     from muonscope.experiments.calibration import CSV_NAME, calibrate, paired, write_summary
 
     path = out / CSV_NAME
-    if not path.exists():
+    if not path.is_file():
         fail(f"{path} not found: run `muonscope calibrate run -o {out}` first")
-    df = pd.read_csv(path)
-    cal = calibrate(df, preset)
+    try:
+        df = pd.read_csv(path)
+        cal = calibrate(df, preset)
+    except (ValueError, KeyError, TypeError, UnicodeDecodeError, pd.errors.ParserError) as exc:
+        if isinstance(exc, MuonscopeError):
+            raise
+        fail(f"{path} is not a calibration table from `muonscope calibrate run` ({type(exc).__name__}: "
+             f"{str(exc).splitlines()[0] if str(exc) else ''})")
     criterion = write_summary(cal, df, out)
     cols = ["method", "n", "dloss", "dloss_sd", "dloss_t", "token_efficiency", "flops_ratio", "distortion",
             "frac_failed", "frac_failed_50", "ns_out_max_peak"]

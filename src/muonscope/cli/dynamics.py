@@ -7,7 +7,12 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from muonscope.cli._app import app, console, csv_list, fail
+from muonscope import validate as V
+from muonscope.cli._app import app, console, csv_list, fail, number_list, threads_option
+
+MAX_DIM = 10_000  # rows, columns, measurements of the small dynamics problems
+MAX_ENTRIES = 10**8  # measurements x rows x cols: the dense sensing operator (float64: 800 MB)
+MAX_SEEDS = 10_000
 
 dynamics_app = typer.Typer(help="Spectral dynamics of Muon at small scale (matrix sensing, nuclear-norm gap, "
                                 "one-step entropy, noise geometry).", no_args_is_help=True)
@@ -30,12 +35,23 @@ def _dyn_progress(total: int, description: str):
     return bar, (lambda n=1: bar.advance(task, n))
 
 
-def _dyn_setup(threads: int, out: Path) -> None:
-    import torch
+def _dims(**dims) -> None:
+    for name, v in dims.items():
+        V.count(f"--{name.replace('_', '-')}", v, high=MAX_DIM)
 
+
+def _dyn_setup(threads: int, out: Path) -> None:
+    """Set the (validated) thread count and check ``out`` can be created; nothing is created here:
+    commands write inside :func:`muonscope._atomic.created_dirs`, which removes a directory it
+    created when the command fails."""
+    from muonscope._atomic import check_dir_target
+
+    threads = threads_option("--threads", threads)
+    check_dir_target(out, "--out")
     if threads:
+        import torch
+
         torch.set_num_threads(threads)
-    out.mkdir(parents=True, exist_ok=True)
 
 
 @dynamics_app.command("sensing")
@@ -61,16 +77,28 @@ def dynamics_sensing(
     threads: int = typer.Option(1, "--threads", help="torch threads (small batched SVDs: 1 is fastest)."),
 ) -> None:
     """Trajectories of loss, normalized spectrum, entropy, stable rank and frame alignment per rule."""
+    from muonscope._atomic import created_dirs
     from muonscope.experiments.dynamics.problems import SensingConfig
     from muonscope.experiments.dynamics.sensing import SensingRunConfig, experiment
 
-    _dyn_setup(threads, out)
+    _dims(rows=rows, cols=cols, measurements=measurements)
+    if rows * cols * measurements > MAX_ENTRIES:
+        fail(f"--measurements x --rows x --cols must be at most {MAX_ENTRIES:.0e} (the dense sensing operator), "
+             f"got {rows * cols * measurements:.3g}")
+    kappa = V.real("--kappa", kappa, low=1.0)
+    seeds = V.count("--seeds", seeds, high=MAX_SEEDS)
+    steps = V.steps("--steps", steps)
+    lr, gd_lr = V.positive("--lr", lr), V.positive("--gd-lr", gd_lr)
+    momentum = V.real("--momentum", momentum, low=0.0, high=1.0, high_open=True)
+    init_scale = V.nonnegative("--init-scale", init_scale)
+    record_every = V.steps("--record-every", record_every)
     cfg = SensingRunConfig(
         problem=SensingConfig(rows=rows, cols=cols, measurements=measurements, kappa=kappa),
         rules=tuple(csv_list(rules)), seeds=tuple(range(seeds)), steps=steps, lr=lr, gd_lr=gd_lr,
         lr_schedule=lr_schedule, momentum=momentum, init=init, init_scale=init_scale, record_every=record_every)
+    _dyn_setup(threads, out)
     bar, advance = _dyn_progress(len(cfg.rules) * steps, "sensing")
-    with bar:
+    with created_dirs(out), bar:
         s = experiment(cfg, None if no_stores else out / "sensing", summary_path=out / "sensing.json",
                        figure_dir=out, overwrite=overwrite, progress=advance)
     table = Table(title=f"final state over {seeds} seeds (mean); reference {s['reference']}")
@@ -110,16 +138,27 @@ def dynamics_nuclear(
     """||W_Muon||_* against the minimum-nuclear-norm interpolant (cvxpy)."""
     from muonscope.experiments.dynamics import nuclear
 
-    if not nuclear.have_cvxpy():
-        fail(nuclear.CVXPY_HINT)
-    _dyn_setup(threads, out)
+    from muonscope._atomic import created_dirs
+
+    seeds = V.count("--seeds", seeds, low=0, high=MAX_SEEDS)
+    steps = V.steps("--steps", steps)
+    lr = V.positive("--lr", lr)
+    momentum = V.real("--momentum", momentum, low=0.0, high=1.0, high_open=True)
     names = csv_list(setting)
     rule_list = csv_list(rules)
+    unknown = [n for n in names if n not in nuclear.SETTINGS]
+    if not names or unknown:
+        fail(f"--setting: unknown setting(s) {', '.join(unknown) or '(none)'}; known: {', '.join(nuclear.SETTINGS)}")
+    if not rule_list:
+        fail("--rules names no rule")
+    _dyn_setup(threads, out)
+    if not nuclear.have_cvxpy():
+        fail(nuclear.CVXPY_HINT)
     total = len(names) * len(rule_list) * steps
     if sensitivity:
         total += sum(kw.get("steps", 3000) for *_, kw in nuclear.VARIANTS)
     bar, advance = _dyn_progress(total, "nuclear")
-    with bar:
+    with created_dirs(out), bar:
         s = nuclear.experiment(names, seeds=range(seeds) if seeds else None, rules=rule_list, steps=steps, lr=lr,
                                momentum=momentum, solver=solver, with_sensitivity=sensitivity,
                                out_dir=None if no_stores else out / "nuclear", summary_path=out / "nuclear.json",
@@ -155,13 +194,18 @@ def dynamics_entropy(
     threads: int = typer.Option(1, "--threads"),
 ) -> None:
     """When does the polar update (gamma = 0) maximize the first-order entropy gain?"""
+    from muonscope._atomic import created_dirs
     from muonscope.experiments.dynamics.entropy import experiment
     from muonscope.experiments.dynamics.sensing import SensingRunConfig
 
+    V.count("--rows", rows, high=1000)
+    V.count("--cols", cols, high=1000)
+    instances = V.count("--instances", instances, high=100_000)
+    seed = V.seed("--seed", seed)
     _dyn_setup(threads, out)
     sensing_cfg = SensingRunConfig() if sensing_check else None  # the `dynamics sensing` defaults
     bar, advance = _dyn_progress(2 if sensing_check else 1, "entropy")
-    with bar:
+    with created_dirs(out), bar:
         s = experiment(rows=rows, cols=cols, instances=instances, seed=seed, sensing_cfg=sensing_cfg,
                        summary_path=out / "entropy.json", figure_dir=out, progress=advance)
     table = Table(title=f"share of {instances} instances ({rows}x{cols}) where polar maximizes dH")
@@ -189,11 +233,15 @@ def dynamics_noise(
     threads: int = typer.Option(1, "--threads"),
 ) -> None:
     """Momentum noise factor (1-beta)/(1+beta) and the critical batch size of the polar factor."""
+    from muonscope._atomic import created_dirs
     from muonscope.experiments.dynamics.noise import experiment
 
+    chains = V.count("--chains", chains, low=2, high=10_000_000)
+    trials = V.count("--trials", trials, low=2, high=1_000_000)
+    seed = V.seed("--seed", seed)
     _dyn_setup(threads, out)
     bar, advance = _dyn_progress(1, "noise")
-    with bar:
+    with created_dirs(out), bar:
         s = experiment(chains=chains, trials=trials, seed=seed, summary_path=out / "noise.json", figure_dir=out)
         advance()
     table = Table(title="momentum noise factor Var(m)/Var(xi)")
@@ -238,20 +286,29 @@ def dynamics_weight_decay(
         experiment,
     )
 
-    if not name or any(c in name for c in "/\\") or name.startswith("."):
-        fail(f"--name must be a plain file stem, got {name!r}")
-    lams = DEFAULT_LAMBDAS if lambdas is None else tuple(csv_list(lambdas, float))
+    from muonscope._atomic import created_dirs
+
+    if not name or any(c in name for c in "/\\\0") or name.startswith(".") or len(name.encode()) > 200:
+        fail(f"--name must be a plain file stem (at most 200 bytes), got {name!r}")
+    seeds = V.count("--seeds", seeds, high=MAX_SEEDS)
+    steps = V.steps("--steps", steps)
+    track_every = V.steps("--track-every", track_every)
+    _dims(blocks=blocks, block_size=block_size, measurements=measurements)
+    lr = V.positive("--lr", lr)
+    threshold = V.real("--threshold", threshold, low=0.0, high=1.0, low_open=True)
+    lams = DEFAULT_LAMBDAS if lambdas is None else tuple(number_list(lambdas, "--lambdas", V.positive))
     cfg = WeightDecayConfig(lambdas=lams, modes=tuple(csv_list(modes)), seeds=tuple(range(seeds)), steps=steps,
                             lr=lr, track_every=track_every, blocks=blocks, block_size=block_size,
                             measurements=measurements, threshold=threshold)  # validates before anything is written
     _dyn_setup(threads, out)
     bar, advance = _dyn_progress(steps, "weight decay")
-    with bar:
-        s = experiment(cfg, summary_path=out / f"{name}.json", csv_path=out / f"{name}.csv", figure_dir=None,
-                       progress=advance)
     from muonscope.experiments.dynamics.figures import plot_weight_decay
 
-    fig = plot_weight_decay(s, out / f"{name}_atsr.png")
+    with created_dirs(out):
+        with bar:
+            s = experiment(cfg, summary_path=out / f"{name}.json", csv_path=out / f"{name}.csv", figure_dir=None,
+                           progress=advance)
+        fig = plot_weight_decay(s, out / f"{name}_atsr.png")
     for dname, block in s["definitions"].items():
         table = Table(title=f"ATSR ('{dname}') over {seeds} seeds; lambda = 0: {block['baseline']['atsr_mean']:.3g}")
         for col in ("mode", "lambda", "ATSR mean", "95% CI", "ratio to lambda=0", "ratio 95% CI", "never acq.",
@@ -278,23 +335,26 @@ def dynamics_alignment(
     threads: int = typer.Option(1, "--threads"),
 ) -> None:
     """||sin Theta||_F between gradient and weight frames: the paper's definition next to the current one."""
+    from muonscope._atomic import created_dirs
     from muonscope.experiments.dynamics.alignment import experiment, paper_setting, sensing_setting
 
+    steps = V.steps("--steps", steps, low=0)
+    seeds = V.count("--seeds", seeds, high=MAX_SEEDS)
     chosen = []
     for name in csv_list(settings):
         if name == "sensing":
             chosen.append(sensing_setting(steps or 1000))
-        elif name.startswith("paper-d") and name[7:].isdigit() and int(name[7:]) >= 2:
+        elif name.startswith("paper-d") and name[7:].isdigit() and 2 <= int(name[7:]) <= 200:
             chosen.append(paper_setting(int(name[7:]), steps or 3000))
         else:
-            fail(f"unknown alignment setting {name!r}; use paper-dD (D >= 2, e.g. paper-d20) or sensing")
+            fail(f"unknown alignment setting {name!r}; use paper-dD (2 <= D <= 200, e.g. paper-d20) or sensing")
     if not chosen:
         fail("no alignment settings given")
     if seeds < 1:
         fail(f"--seeds must be at least 1, got {seeds}")
     _dyn_setup(threads, out)
     bar, advance = _dyn_progress(sum(s.steps for s in chosen), "alignment")
-    with bar:
+    with created_dirs(out), bar:
         s = experiment(chosen, range(seeds), summary_path=out / "alignment.json",
                        figure_path=out / "frame_alignment.png", progress=advance)
     table = Table(title=f"||sin Theta||_F after the transient (median over the late half, mean over {seeds} seeds)")
@@ -334,13 +394,20 @@ def dynamics_regimes(
     """Muon vs AdamW on a tiny GPT and a matched small ViT: lr sweeps, weight spectra, the reversal verdict."""
     from muonscope.experiments.dynamics.regimes import RegimesConfig, experiment
 
-    if seeds < 1:
-        fail(f"--seeds must be at least 1, got {seeds}")
-    cfg = RegimesConfig(tasks=tuple(csv_list(tasks)), muon_lrs=tuple(csv_list(muon_lrs, float)),
-                        adamw_lrs=tuple(csv_list(adamw_lrs, float)), seeds=tuple(range(seeds)), steps=steps,
+    seeds = V.count("--seeds", seeds, high=MAX_SEEDS)
+    steps = V.steps("--steps", steps)
+    snapshots = V.count("--snapshots", snapshots, high=1000)
+    upsample = V.count("--upsample", upsample, high=64)
+    patch = V.count("--patch", patch, high=1024)
+    cfg = RegimesConfig(tasks=tuple(csv_list(tasks)), muon_lrs=tuple(number_list(muon_lrs, "--muon-lrs", V.positive)),
+                        adamw_lrs=tuple(number_list(adamw_lrs, "--adamw-lrs", V.positive)), seeds=tuple(range(seeds)), steps=steps,
                         snapshots=snapshots, preset=preset, corpus=corpus, dataset=dataset, upsample=upsample,
                         patch=patch)  # validates everything before anything is written
     _dyn_setup(threads, out)
+    if summary_dir is not None:
+        from muonscope._atomic import check_dir_target
+
+        check_dir_target(summary_dir, "--summary-dir")
     runs = cfg.runs()
     bar, advance = _dyn_progress(len(runs), "regimes (runs)")
     with bar:

@@ -7,9 +7,23 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from muonscope.cli._app import app, console, csv_list, fail, fmt_depth
+from muonscope import validate as V
+from muonscope._atomic import atomic_write_with, check_dir_target, check_file_target, created_dirs
+from muonscope.cli._app import app, console, csv_list, fail, fmt_depth, number_list, set_threads, threads_option
 from muonscope.conventions import FAILURE_RHO
 from muonscope.errors import ConfigError
+
+MAX_BOOT = 100_000  # bootstrap replicates: beyond this a fit takes hours without narrowing anything
+MAX_PARAMS = 1e15  # target model size
+
+
+def check_quantile(option: str, q) -> float:
+    """A quantile level in (0, 1]."""
+    return V.real(option, q, low=0.0, high=1.0, low_open=True)
+
+
+def check_boot(option: str, n, low: int = 100) -> int:
+    return V.count(option, n, low=low, high=MAX_BOOT)
 
 
 def fit_table(laws, level: float = 0.95) -> Table:
@@ -59,10 +73,15 @@ def fit_cmd(
     from muonscope.laws.stabilize import StabilizeSettings
     from muonscope.spectra.store import read_runs
 
-    if not (0 < level < 1):
-        fail("--level must lie in (0, 1)")
-    if n_boot < 100:
-        fail("--boot must be at least 100")
+    level = V.fraction("--level", level)
+    n_boot = check_boot("--boot", n_boot)
+    seed = V.seed("--seed", seed)
+    quantile = [check_quantile("--quantile", q) for q in quantile or []]
+    rel_tol = V.positive("--rel-tol", rel_tol)
+    drift_tolerance = V.real("--drift-tolerance", drift_tolerance)
+    if source is not None and source not in ("ns_input", "momentum", "update"):
+        fail(f"--source must be ns_input, momentum or update, got {source!r}")
+    check_file_target(out, "--out")
     df = read_runs(runs)
     laws = fit_laws(df, quantile or None, source=source, level=level, n_boot=n_boot, seed=seed,
                     settings=StabilizeSettings(rel_tol=rel_tol, level=level, seed=seed),
@@ -102,18 +121,22 @@ def convergence_cmd(
     from muonscope.report.figures import plot_alpha_over_time
     from muonscope.spectra.store import read_runs
 
-    if width < 1 or every < 1:
-        fail("--width and --every must be positive step counts")
-    if n_boot < 100:
-        fail("--boot must be at least 100")
+    width = V.steps("--width", width)
+    every = V.steps("--every", every)
+    tolerance = V.positive("--tolerance", tolerance)
+    n_boot = check_boot("--boot", n_boot)
+    check_dir_target(out, "--out")
+    if laws_path is not None:
+        check_file_target(laws_path, "--laws")
     laws = load_laws(laws_path) if laws_path is not None else None  # fail before the work
     df = read_runs(runs, meta=("seed",))
     at = alpha_over_time(df, width=width, every=every, n_boot=n_boot)
     conv = convergence_table(at, tolerance=tolerance)
-    out.mkdir(parents=True, exist_ok=True)
-    at.to_csv(out / "alpha_over_time.csv", index=False, float_format="%.5g")
-    conv.to_csv(out / "convergence.csv", index=False, float_format="%.5g")
-    plot_alpha_over_time(at, path=out / "alpha_over_time.png", tolerance=tolerance)
+    with created_dirs(out):
+        atomic_write_with(out / "alpha_over_time.csv", lambda p: at.to_csv(p, index=False, float_format="%.5g"))
+        atomic_write_with(out / "convergence.csv", lambda p: conv.to_csv(p, index=False, float_format="%.5g"))
+        atomic_write_with(out / "alpha_over_time.png",
+                          lambda p: plot_alpha_over_time(at, path=p, tolerance=tolerance))
     table = Table(title=f"exponent convergence ({conv['n_seeds'].max()} seeds, window {width} steps, "
                         f"tolerance {tolerance:g}/1000 steps)")
     for col in ("q", "exponents", "converged", "median alpha", "median drift/1k"):
@@ -144,6 +167,8 @@ def compare_cmd(
     labels = csv_list(names)
     if len(labels) != 2 or labels[0] == labels[1]:
         fail("--names needs two different labels, e.g. width,depth")
+    if out is not None:
+        check_file_target(out, "--out")
     t = compare_exponents(load_laws(first), load_laws(second), tuple(labels))
     if t.empty:
         fail("the two fits share no (layer type, depth, q) group")
@@ -157,8 +182,7 @@ def compare_cmd(
                       f"{g[f'excess_{b}'].median():+.3f}", f"{int(g.intervals_overlap.sum())}/{len(g)}")
     console.print(table)
     if out is not None:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        t.to_csv(out, index=False, float_format="%.5g")
+        atomic_write_with(out, lambda p: t.to_csv(p, index=False, float_format="%.5g"))
         console.print(f"wrote {out}")
 
 
@@ -169,8 +193,9 @@ def parse_size(text: str) -> float:
         value = float(t[:-1]) * units[t[-1]] if t and t[-1] in units else float(t)
     except ValueError:
         value = float("nan")
-    if not (value > 0 and value != float("inf")):
-        fail(f"--params must be a positive parameter count like 7e10, 70B or 125M, got {text!r}")
+    if not (0 < value <= MAX_PARAMS):
+        fail(f"--params must be a positive parameter count up to {MAX_PARAMS:.0e} like 7e10, 70B or 125M, "
+             f"got {text!r}")
     return value
 
 
@@ -187,17 +212,29 @@ def read_names(path: Path) -> dict:
             fail(f"run {path} holds no spectral records to take parameter names from")
         return names_from_records(df)
     if not path.is_file():
-        fail(f"--names-from {path}: no such run directory or file")
-    text = path.read_text()
+        fail(f"--names-from {path}: no such run directory or regular file")
+    try:
+        raw_bytes = path.read_bytes()
+    except OSError as exc:
+        fail(f"--names-from {path}: cannot read it ({exc.strerror})")
+    if b"\0" in raw_bytes:
+        fail(f"--names-from {path} is a binary file; expected JSON or one parameter name per line")
+    try:
+        text = raw_bytes.decode("utf-8")
+    except UnicodeDecodeError:
+        fail(f"--names-from {path} is not UTF-8 text; expected JSON or one parameter name per line")
     if path.suffix == ".json":
         try:
             raw = json.loads(text)
-            return {str(k): (str(v[0]), float("nan") if v[1] is None else float(v[1])) for k, v in raw.items()}
-        except (ValueError, TypeError, IndexError, AttributeError) as exc:
+            return {str(k): (str(v[0]), float("nan") if v[1] is None else float(V.real("rel_depth", v[1])))
+                    for k, v in raw.items()}
+        except (ValueError, TypeError, IndexError, AttributeError, KeyError) as exc:
             fail(f"--names-from {path}: expected JSON {{name: [layer_type, rel_depth]}} ({exc})")
     from muonscope.spectra.layers import LayerIndex
 
     names = [ln.strip() for ln in text.splitlines() if ln.strip() and not ln.startswith("#")]
+    if not names:
+        fail(f"--names-from {path} lists no parameter names")
     index = LayerIndex(names)
     return {n: (index(n).layer_type, index(n).rel_depth) for n in names}
 
@@ -266,19 +303,34 @@ def plan_cmd(
     from muonscope.laws.io import load_laws
     from muonscope.laws.planner import make_plan
 
-    if max_steps < 1:
-        fail("--max-steps must be >= 1")
-    if not (0 < level < 1):
-        fail("--level must lie in (0, 1)")
+    max_steps = V.ns_steps("--max-steps", max_steps)
+    level = V.fraction("--level", level)
+    quantile = check_quantile("--quantile", quantile)
+    rho = V.real("--rho", rho, low=0.0, high=1.0, low_open=True)
     crit = load_criterion(criterion, quantile, rho)
     if verify:
         if out is None:
             fail("--verify needs --out DIR for its runs and plans")
-        return _verify(load_laws(laws_path), crit, out, csv_list(presets), csv_list(seeds, int), steps, threads,
+        steps = V.steps("--steps", steps, low=2)
+        threads = threads_option("--threads", threads, zero_ok=False)
+        seed_list = number_list(seeds, "--seeds", V.seed)
+        preset_list = csv_list(presets)
+        from muonscope.experiments.config import PRESET_NAMES
+
+        for p in preset_list:
+            if p not in PRESET_NAMES:
+                fail(f"--presets: unknown model preset {p!r}; choose from {', '.join(PRESET_NAMES)}")
+        check_dir_target(out, "--out")
+        if runs is not None:
+            check_dir_target(runs, "--runs")
+        return _verify(load_laws(laws_path), crit, out, preset_list, seed_list, steps, threads,
                        runs, level=level, max_steps=max_steps)
     if not params:
         fail("give --params (a target size) or --verify")
     sizes = [parse_size(p) for p in params]
+    if out is not None:
+        for size in sizes:
+            check_file_target(_plan_dest(out, size, len(sizes)), "--out")
     laws = load_laws(laws_path)
     names = read_names(names_from) if names_from is not None else None
     for size in sizes:
@@ -294,18 +346,20 @@ def plan_cmd(
         if out is not None:
             from muonscope._jsonfile import write_json
 
-            dest = out if len(sizes) == 1 else out.with_name(f"{out.stem}-{size:.3g}".replace("+", "") + out.suffix)
+            dest = _plan_dest(out, size, len(sizes))
             write_json(dest, plan.to_dict())
             console.print(f"wrote {dest} ({len(plan.params)} named parameters, "
                           f"{len(plan.schedules())} designed schedule(s))")
 
 
-def _verify(laws, crit, out: Path, presets, seeds, steps, threads, runs, **plan_kwargs) -> None:
-    import torch
+def _plan_dest(out: Path, size: float, n_sizes: int) -> Path:
+    return out if n_sizes == 1 else out.with_name(f"{out.stem}-{size:.3g}".replace("+", "") + out.suffix)
 
+
+def _verify(laws, crit, out: Path, presets, seeds, steps, threads, runs, **plan_kwargs) -> None:
     from muonscope.experiments.closed_loop import verify_plan
 
-    torch.set_num_threads(threads)
+    set_threads(threads)
     v = verify_plan(laws, crit, out, presets=presets, seeds=seeds or [0], steps=steps, runs=runs,
                     log=console.print, **plan_kwargs)
     console.print(f"criterion: {crit.describe()}")

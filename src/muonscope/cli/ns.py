@@ -7,16 +7,19 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
+from muonscope import validate as V
 from muonscope.cli._app import app, console, fail
+
+MAX_DIM = 10**9
 
 
 def _parse_shape(shape: str) -> tuple[int, int]:
     try:
         m, n = (int(x) for x in shape.lower().split("x"))
-        if m < 1 or n < 1:
+        if not (1 <= m <= MAX_DIM and 1 <= n <= MAX_DIM):
             raise ValueError
     except ValueError:
-        fail(f"--shape must look like MxN with positive integers (e.g. 1024x4096), got {shape!r}")
+        fail(f"--shape must look like MxN with integers in 1..{MAX_DIM:.0e} (e.g. 1024x4096), got {shape!r}")
     return m, n
 
 
@@ -53,12 +56,13 @@ def ns(
     from muonscope.orth.schedules import BUILTIN_NAMES, get_schedule
 
     m, n = _parse_shape(shape)
-    if any(not (0 < r) for r in rho):
-        fail("--rho values must be positive")
-    if steps and any(k < 1 for k in steps):
-        fail("--steps values must be >= 1")
-    if not (0 < band_from <= 1):
-        fail("--band-from must lie in (0, 1]")
+    rho = [V.real("--rho", r, low=0.0, high=1.0, low_open=True) for r in rho]
+    steps = [V.ns_steps("--steps", k) for k in steps or []]
+    band_from = V.real("--band-from", band_from, low=0.0, high=1.0, low_open=True)
+    if plot is not None:
+        from muonscope._atomic import check_file_target
+
+        check_file_target(plot, "--plot")
     configs = [(sc, k) for sc in (get_schedule(s) for s in (schedule or BUILTIN_NAMES))
                for k in steps or [sc.default_steps]]
     table = ns_table(configs, rho, (m, n), band_from)
@@ -66,5 +70,7 @@ def ns(
     if plot is not None:
         from muonscope.report.figures import plot_ns_maps
 
-        plot_ns_maps(configs, rho=rho[0], path=plot)
+        from muonscope._atomic import atomic_write_with
+
+        atomic_write_with(plot, lambda p: plot_ns_maps(configs, rho=rho[0], path=p))
         console.print(f"wrote {plot}")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from pathlib import Path
 
 import typer
@@ -23,10 +24,12 @@ def report(
                                   "lift-quantile (with --quantile/--rho) or a criterion JSON file."),
 ) -> None:
     """Report with spectra during training, power-law fits, the NS recipe and loss curves."""
+    from muonscope.cli._checks import report_args
     from muonscope.cli.laws import load_criterion
     from muonscope.report.build import build_report
 
-    path = build_report(runs, out, fmt=fmt, targets=csv_list(targets, float), quantile=quantile, rho=rho,
+    sizes = report_args(out, fmt, targets, quantile, rho)  # everything checked before any output
+    path = build_report(runs, out, fmt=fmt, targets=sizes, quantile=quantile, rho=rho,
                         criterion=load_criterion(criterion, quantile, rho))
     console.print(f"wrote {path}")
 
@@ -57,6 +60,9 @@ def demo(
     from muonscope.spectra.store import read_runs
 
     size = parse_size(target)
+    from muonscope.cli._checks import demo_args
+
+    demo_args(out, sizes, steps, threads)
     if threads:
         torch.set_num_threads(threads)
     console.rule("1/4 small size sweep (spectral monitor on)")
@@ -74,5 +80,7 @@ def demo(
     console.print(f"wrote {out / 'plan.json'} ({len(plan.params)} named parameters, "
                   f"{len(plan.schedules())} designed schedule(s))")
     console.rule("4/4 report")
-    build_report([out / "sweep"], out / "report.html", targets=sorted({*DEFAULT_TARGETS, size}))
+    with report_progress() as progress:
+        build_report([out / "sweep"], out / "report.html", targets=sorted({*DEFAULT_TARGETS, size}), laws=laws,
+                     progress=progress)
     console.print(f"report: {(out / 'report.html').resolve()}")

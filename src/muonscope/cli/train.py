@@ -2,74 +2,135 @@
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 import typer
 from rich.table import Table
 
-from muonscope.cli._app import app, console, csv_list, fail
-from muonscope.experiments.config import SWEEP_ADJUST_LR_FN, SWEEP_LR, TrainConfig
+from muonscope import validate as V
+from muonscope.cli._app import app, console, csv_list, fail, number_list, set_threads, threads_option
+from muonscope.experiments.config import (
+    MAX_BATCH_SIZE,
+    PRESET_NAMES,
+    SWEEP_ADJUST_LR_FN,
+    SWEEP_LR,
+    TrainConfig,
+)
+from muonscope.validate import MAX_NS_STEPS
 
 D = TrainConfig()  # every default below is the library's
 
 
+#: CLI option → TrainConfig field, for the options a resume may repeat.
+_TRAIN_FIELDS = {"preset": "preset", "optimizer": "optimizer", "steps": "steps", "batch_size": "batch_size",
+                 "corpus": "corpus", "seed": "seed", "lr": "lr", "adamw_lr": "adamw_lr", "schedule": "schedule",
+                 "ns_steps": "ns_steps", "monitor_every": "monitor_every", "eval_every": "eval_every",
+                 "checkpoint_every": "checkpoint_every", "adjust_lr_fn": "adjust_lr_fn", "bf16": "bf16_autocast"}
+
+
+def given_options(ctx: typer.Context, values: dict) -> dict:
+    """The TrainConfig fields whose options were typed on the command line (not defaults)."""
+    out = {}
+    for opt, field in _TRAIN_FIELDS.items():  # typer may vendor click: compare the source by name
+        if getattr(ctx.get_parameter_source(opt), "name", None) in ("COMMANDLINE", "ENVIRONMENT"):
+            out[field] = values[opt]
+    return out
+
+
+def read_plan(plan: Path) -> dict:
+    """A plan JSON object (from `muonscope plan`), checked to be a readable JSON object."""
+    from muonscope._jsonfile import read_json
+    from muonscope.errors import ConfigError
+
+    if plan.exists() and not plan.is_file():
+        fail(f"--plan {plan} is not a regular file")
+    raw = read_json(plan, ConfigError, missing=f"--plan {plan}: no such file")
+    if not isinstance(raw, dict) or not isinstance(raw.get("params", {}), dict):
+        fail(f"--plan {plan} is not a plan (a JSON object from `muonscope plan`)")
+    return raw
+
+
 @app.command()
 def train(
+    ctx: typer.Context,
     out: Path = typer.Option(..., "--out", "-o", help="Run directory (run store + checkpoint)."),
-    preset: str = typer.Option("d64", "--preset", help="Model size preset (see `muonscope sweep --help`); "
-                               "d64 is the smallest of the calibration and sweep sizes."),
+    preset: str = typer.Option("d64", "--preset", help="Model size preset: " + ", ".join(PRESET_NAMES)
+                               + " (d64 is the smallest of the calibration and sweep sizes)."),
     optimizer: str = typer.Option(D.optimizer, "--optimizer", help="muon (Muon + AdamW) or adamw."),
-    steps: int = typer.Option(D.steps, "--steps"),
-    batch_size: int = typer.Option(D.batch_size, "--batch-size"),
+    steps: int = typer.Option(D.steps, "--steps", help="Total optimizer steps (on --resume: may grow)."),
+    batch_size: int = typer.Option(D.batch_size, "--batch-size", help=f"Sequences per step (1..{MAX_BATCH_SIZE})."),
     corpus: str = typer.Option(D.corpus, "--corpus", help="stdlib, shakespeare, or a file/directory path."),
-    seed: int = typer.Option(D.seed, "--seed"),
+    seed: int = typer.Option(D.seed, "--seed", help="Seed of the weights and the batch sampler (0..2^63-1)."),
     lr: float = typer.Option(D.lr, "--lr", help="Muon learning rate."),
     adamw_lr: float = typer.Option(D.adamw_lr, "--adamw-lr"),
     schedule: str = typer.Option(D.schedule, "--schedule", help="NS schedule for every Muon matrix."),
-    ns_steps: int = typer.Option(D.ns_steps, "--ns-steps"),
+    ns_steps: int = typer.Option(D.ns_steps, "--ns-steps", help=f"NS steps per update (1..{MAX_NS_STEPS})."),
     monitor_every: int = typer.Option(D.monitor_every, "--monitor-every"),
     eval_every: int = typer.Option(D.eval_every, "--eval-every"),
     checkpoint_every: int = typer.Option(D.checkpoint_every, "--checkpoint-every"),
     adjust_lr_fn: str = typer.Option(D.adjust_lr_fn, "--adjust-lr-fn", help="Muon lr scaling per matrix: "
                                      "match_rms_adamw (0.2·√max(m,n)) or original (√max(1,m/n))."),
     plan: Path = typer.Option(None, "--plan", help="Plan JSON from `muonscope plan` (per-layer NS)."),
-    resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its checkpoint."),
+    resume: bool = typer.Option(False, "--resume/--no-resume", help="Continue the run in --out from its "
+                                "checkpoint; its settings come from OUT/run.json (repeat none, or only a "
+                                "larger --steps)."),
     device: str = typer.Option("cpu", "--device", help="cpu, cuda[:N] or auto (CUDA when available)."),
     bf16: bool = typer.Option(None, "--bf16/--no-bf16", help="bf16 autocast for forward/backward "
                               "(default: on for CUDA, off on CPU)."),
     threads: int = typer.Option(0, "--threads", help="torch threads (0: leave torch's default)."),
 ) -> None:
     """Train one tiny GPT with the spectral monitor on; Ctrl-C saves a checkpoint and exits cleanly."""
-    import json
-
-    import torch
-
-    from muonscope.errors import ConfigError
-    from muonscope.experiments.train import resolve_device
+    from muonscope._atomic import check_dir_target
+    from muonscope.experiments.train import resolve_device, resume_config
     from muonscope.experiments.train import train as run_train
 
-    try:
-        dev = resolve_device(device)
-    except ConfigError as exc:
-        fail(str(exc))
-    if threads:
-        torch.set_num_threads(threads)
-    plan_dict = None
-    if plan is not None:
-        try:
-            plan_dict = json.loads(plan.read_text())
-        except (OSError, ValueError) as exc:
-            fail(f"cannot read plan {plan}: {exc}")
-    cfg = TrainConfig(preset=preset, optimizer=optimizer, steps=steps, batch_size=batch_size, corpus=corpus,
-                      seed=seed, lr=lr, adamw_lr=adamw_lr, schedule=schedule, ns_steps=ns_steps,
-                      monitor_every=monitor_every, eval_every=eval_every, checkpoint_every=checkpoint_every,
-                      adjust_lr_fn=adjust_lr_fn, bf16_autocast=dev.type == "cuda" if bf16 is None else bf16,
-                      plan=plan_dict)
-    summary = run_train(cfg, out, resume=resume, progress=True, device=dev)
+    threads = threads_option("--threads", threads)
+    check_dir_target(out, "--out")
+    dev = resolve_device(device)
+    values = dict(preset=preset, optimizer=optimizer, steps=steps, batch_size=batch_size, corpus=corpus, seed=seed,
+                  lr=lr, adamw_lr=adamw_lr, schedule=schedule, ns_steps=ns_steps, monitor_every=monitor_every,
+                  eval_every=eval_every, checkpoint_every=checkpoint_every, adjust_lr_fn=adjust_lr_fn, bf16=bf16)
+    plan_dict = read_plan(plan) if plan is not None else None
+    if resume:
+        given = given_options(ctx, values)
+        if plan_dict is not None:
+            given["plan"] = plan_dict
+        cfg = resume_config(out, given)
+    else:
+        cfg = TrainConfig(preset=preset, optimizer=optimizer, steps=steps, batch_size=batch_size, corpus=corpus,
+                          seed=seed, lr=lr, adamw_lr=adamw_lr, schedule=schedule, ns_steps=ns_steps,
+                          monitor_every=monitor_every, eval_every=eval_every, checkpoint_every=checkpoint_every,
+                          adjust_lr_fn=adjust_lr_fn, bf16_autocast=dev.type == "cuda" if bf16 is None else bf16,
+                          plan=plan_dict).validate()
+    set_threads(threads)
+    with _sigterm_as_interrupt():
+        summary = run_train(cfg, out, resume=resume, progress=True, device=dev, require_run=resume)
     console.print({k: (round(v, 4) if isinstance(v, float) else v) for k, v in summary.items()})
     if summary["status"] != "complete":
-        console.print(f"interrupted at step {summary['steps']}: continue with --resume")
+        console.print(f"interrupted at step {summary['steps']}: continue with `muonscope train -o {out} --resume`")
         raise typer.Exit(code=130)
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt():
+    """While training, SIGTERM (a scheduler's preemption, ``timeout``) stops it like Ctrl-C:
+    checkpoint, exit 130. The previous handler is restored afterwards."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum, frame):
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def sweep_table(rows: list[dict], planned: int, out) -> Table:
@@ -109,27 +170,27 @@ def sweep(
                                 "1 with --jobs > 1)."),
 ) -> None:
     """Train every size preset (resumable: finished runs are skipped, partial ones resumed)."""
-    import torch
-
-    from muonscope.errors import ConfigError
+    from muonscope._atomic import check_dir_target
     from muonscope.experiments.model import FAMILIES
     from muonscope.experiments.sweep import plan_sweep, run_sweep
     from muonscope.experiments.train import resolve_device
 
     if family not in FAMILIES:
         fail(f"--family must be one of {', '.join(FAMILIES)}, got {family!r}")
-    try:
-        dev = resolve_device(device)
-        base = TrainConfig(steps=steps, batch_size=batch_size, corpus=corpus, monitor_every=monitor_every,
-                           monitor_spectrum=monitor_spectrum, eval_every=eval_every,
-                           bf16_autocast=dev.type == "cuda" if bf16 is None else bf16)
-        runs = plan_sweep(base, csv_list(presets) or FAMILIES[family], csv_list(seeds, int) or [0], csv_list(adamw),
-                          lrs=csv_list(lr, float), adjust_lr_fns=csv_list(adjust_lr_fn))
-        if threads or jobs > 1:
-            torch.set_num_threads(threads or 1)
-        rows = run_sweep(runs, out, progress=True, console=console, jobs=jobs, threads=threads or 1, device=str(dev))
-    except ConfigError as exc:
-        fail(str(exc))
+    jobs = V.integer("--jobs", jobs, low=1, high=256)
+    threads = threads_option("--threads", threads)
+    seed_list = number_list(seeds, "--seeds", V.seed) or [0]
+    lrs = number_list(lr, "--lr", V.positive)
+    check_dir_target(out, "--out")
+    dev = resolve_device(device)
+    base = TrainConfig(steps=steps, batch_size=batch_size, corpus=corpus, monitor_every=monitor_every,
+                       monitor_spectrum=monitor_spectrum, eval_every=eval_every,
+                       bf16_autocast=dev.type == "cuda" if bf16 is None else bf16).validate()
+    runs = plan_sweep(base, csv_list(presets) or FAMILIES[family], seed_list, csv_list(adamw),
+                      lrs=lrs, adjust_lr_fns=csv_list(adjust_lr_fn))
+    if threads or jobs > 1:
+        set_threads(threads or 1)
+    rows = run_sweep(runs, out, progress=True, console=console, jobs=jobs, threads=threads or 1, device=str(dev))
     console.print(sweep_table(rows, len(runs), out))
 
 
@@ -139,19 +200,17 @@ def lr_check(
     out: Path = typer.Option(..., "--out", "-o", help="Directory for lr_check.csv, best_lr.csv and lr_check.png."),
 ) -> None:
     """Best Muon lr per model size and lr-scaling rule: does the lr rule transfer across sizes?"""
-    from muonscope.errors import StoreError
+    from muonscope._atomic import atomic_write_with, check_dir_target, created_dirs
     from muonscope.experiments.lr_check import best_lrs, lr_check_table
     from muonscope.report.figures import plot_lr_check
 
-    try:
-        table = lr_check_table(runs)
-    except StoreError as exc:
-        fail(str(exc))
+    check_dir_target(out, "--out")
+    table = lr_check_table(runs)
     best = best_lrs(table)
-    out.mkdir(parents=True, exist_ok=True)
-    table.to_csv(out / "lr_check.csv", index=False, float_format="%.5g")
-    best.to_csv(out / "best_lr.csv", index=False, float_format="%.5g")
-    plot_lr_check(table, path=out / "lr_check.png")
+    with created_dirs(out):
+        atomic_write_with(out / "lr_check.csv", lambda p: table.to_csv(p, index=False, float_format="%.5g"))
+        atomic_write_with(out / "best_lr.csv", lambda p: best.to_csv(p, index=False, float_format="%.5g"))
+        atomic_write_with(out / "lr_check.png", lambda p: plot_lr_check(table, path=p))
     t = Table(title="best Muon lr per size (final validation loss)")
     for col in ("adjust_lr_fn", "model_params", "best_lr", "best_val_loss", "at grid edge"):
         t.add_column(col, justify="right")

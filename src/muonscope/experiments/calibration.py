@@ -22,7 +22,6 @@ from __future__ import annotations
 import csv
 import json
 import math
-import os
 import re
 import time
 from dataclasses import dataclass, field
@@ -125,16 +124,21 @@ def done(out: Path) -> set[tuple[str, str, int]]:
 
 
 def _append_row(out: Path, row: dict) -> None:
+    """Add one row to runs.csv under its lock; the whole file is rewritten atomically, so a failed
+    write (disk full) keeps the previous rows and never leaves a partial line."""
+    import io
+
+    from muonscope._atomic import atomic_write
+
     path = out / CSV_NAME
     with locked(path):
-        new = not path.exists()
-        with path.open("a", newline="") as fh:
-            w = csv.DictWriter(fh, fieldnames=COLUMNS)
-            if new:
-                w.writeheader()
-            w.writerow(row)
-            fh.flush()
-            os.fsync(fh.fileno())
+        old = path.read_text() if path.exists() else ""
+        buf = io.StringIO()
+        w = csv.DictWriter(buf, fieldnames=COLUMNS)
+        if not old:
+            w.writeheader()
+        w.writerow(row)
+        atomic_write(path, old + buf.getvalue())
 
 
 def run_stats(spectra, burn_in: int = BURN_IN) -> dict:
@@ -366,10 +370,13 @@ def calibrate(df, preset: str) -> Calibration:
 
 def write_summary(cal: Calibration, df, out: Path) -> dict:
     """Tables (CSV), the criterion (JSON) and figures of one calibration into ``out``."""
-    out.mkdir(parents=True, exist_ok=True)
-    cal.vs_exact.to_csv(out / f"paired_vs_exact_{cal.preset}.csv", index=False, float_format="%.6g")
-    cal.vs_reference.to_csv(out / f"paired_vs_jordan5_{cal.preset}.csv", index=False, float_format="%.6g")
-    cal.ranking.to_csv(out / f"statistics_{cal.preset}.csv", index=False, float_format="%.6g")
+    from muonscope._atomic import atomic_write_with, ensure_dir
+
+    ensure_dir(out)
+    for name, table in ((f"paired_vs_exact_{cal.preset}.csv", cal.vs_exact),
+                        (f"paired_vs_jordan5_{cal.preset}.csv", cal.vs_reference),
+                        (f"statistics_{cal.preset}.csv", cal.ranking)):
+        atomic_write_with(out / name, lambda p, t=table: t.to_csv(p, index=False, float_format="%.6g"))
     n = int(cal.vs_exact.n.max())
     fitted = int((cal.vs_exact.family != "plan").sum())
     source = (f"calibration at {cal.preset}: {fitted} methods x {n} paired seeds; "
@@ -412,7 +419,7 @@ def figures(cal: Calibration, out: Path) -> None:
         ax.set_title(f"{cal.preset}: spearman {spearman(fitted[stat], fitted.dloss):.2f}")
     axes[0][0].legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(out / f"dloss_vs_statistic_{cal.preset}.png", dpi=120)
+    _savefig(fig, out / f"dloss_vs_statistic_{cal.preset}.png")
     plt.close(fig)
 
     r = cal.vs_reference
@@ -433,5 +440,11 @@ def figures(cal: Calibration, out: Path) -> None:
     ax.set_title(f"{cal.preset}: loss against orthogonalization cost")
     ax.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(out / f"loss_vs_flops_{cal.preset}.png", dpi=120)
+    _savefig(fig, out / f"loss_vs_flops_{cal.preset}.png")
     plt.close(fig)
+
+
+def _savefig(fig, path: Path) -> None:
+    from muonscope._atomic import atomic_write_with
+
+    atomic_write_with(path, lambda p: fig.savefig(p, dpi=120))

@@ -4,9 +4,9 @@ defaults can come from here."""
 from __future__ import annotations
 
 import dataclasses
-import math
 from dataclasses import dataclass, field
 
+from muonscope import validate as V
 from muonscope.conventions import FAILURE_RHO
 from muonscope.errors import ConfigError
 
@@ -20,6 +20,13 @@ ADJUST_LR_FNS = ("match_rms_adamw", "original")
 #: the best lr is ≈ 0.02 at every size checked.
 SWEEP_LR = 0.02
 SWEEP_ADJUST_LR_FN = "original"
+#: Names of the model presets (``experiments.model.PRESETS``, which needs torch), for help texts.
+PRESET_NAMES = ("tiny", "d32", "d48", "d64", "d96", "d128", "d176", "d224", "d288", "L4-d48", "L8-d64",
+                "L12-d80", "L16-d96", "gpu-d128", "gpu-d192", "gpu-d256", "gpu-d320", "gpu-d448", "gpu-d576")
+#: Largest batch size (sequences per step): beyond it one step of the largest preset cannot fit in memory.
+MAX_BATCH_SIZE = 65_536
+MAX_EVAL_BATCHES = 10_000
+MAX_CORPUS_BYTES = 2**34
 
 
 @dataclass
@@ -63,21 +70,53 @@ class TrainConfig:
     plan: dict | None = field(default=None, repr=False)
 
     def validate(self) -> TrainConfig:
+        """Check every option (numeric ones bounded through :mod:`muonscope.validate`, so no value
+        can make a run hang or allocate without limit); raises :class:`ConfigError`."""
         if self.optimizer not in ("muon", "adamw"):
             raise ConfigError(f"optimizer must be 'muon' or 'adamw', got {self.optimizer!r}")
-        for name in ("steps", "batch_size", "monitor_every", "eval_every", "eval_batches", "checkpoint_every"):
-            v = getattr(self, name)
-            if not (isinstance(v, int) and v >= 1):
-                raise ConfigError(f"{name} must be a positive integer, got {v!r}")
+        for name in ("steps", "monitor_every", "eval_every", "checkpoint_every", "warmup_steps"):
+            _int_field(self, name, lambda n, v: V.steps(n, v, low=0 if n == "warmup_steps" else 1))
+        _int_field(self, "batch_size", lambda n, v: V.count(n, v, high=MAX_BATCH_SIZE))
+        _int_field(self, "eval_batches", lambda n, v: V.count(n, v, high=MAX_EVAL_BATCHES))
+        _int_field(self, "corpus_bytes", lambda n, v: V.count(n, v, high=MAX_CORPUS_BYTES))
+        _int_field(self, "seed", V.seed)
+        if self.block_size is not None:
+            _int_field(self, "block_size", lambda n, v: V.count(n, v, high=1 << 20))
+        for name in ("lr", "adamw_lr"):
+            _float_field(self, name, V.positive)
+        _float_field(self, "weight_decay", V.nonnegative)
+        _float_field(self, "momentum", lambda n, v: V.real(n, v, low=0.0, high=1.0, high_open=True))
+        for name in ("target_q", "rho", "hybrid_fraction"):
+            _float_field(self, name, lambda n, v: V.real(n, v, low=0.0, high=1.0, low_open=True))
+        _float_field(self, "oracle_q", lambda n, v: V.real(n, v, low=0.0, high=1.0, low_open=True))
+        _float_field(self, "oracle_rho", lambda n, v: V.real(n, v, low=0.0, high=1.0))
+        _int_field(self, "hybrid_every", lambda n, v: V.steps(n, v))
+        if self.max_steps is not None:
+            _int_field(self, "max_steps", V.ns_steps)
+        if self.hybrid_bound is not None:
+            _float_field(self, "hybrid_bound", lambda n, v: V.real(n, v, low=0.0, high=1.0))
+        if not isinstance(self.nesterov, bool) or not isinstance(self.bf16_autocast, bool):
+            raise ConfigError(f"nesterov and bf16_autocast must be true or false, got "
+                              f"{self.nesterov!r}, {self.bf16_autocast!r}")
+        for name in ("preset", "corpus", "schedule", "orthogonalizer", "adjust_lr_fn", "monitor_spectrum",
+                     "hybrid_correction"):
+            if not isinstance(getattr(self, name), str):
+                raise ConfigError(f"{name} must be a string, got {getattr(self, name)!r}")
+        try:
+            qs = tuple(self.quantiles)
+        except TypeError:
+            raise ConfigError(f"quantiles must be a list of levels in (0, 1], got {self.quantiles!r}") from None
+        if not qs or len(qs) > 1000:
+            raise ConfigError(f"quantiles must list 1 to 1000 levels, got {len(qs)}")
+        self.quantiles = tuple(V.real("quantiles", q, low=0.0, high=1.0, low_open=True) for q in qs)
+        if self.plan is not None and not isinstance(self.plan, dict):
+            raise ConfigError(f"plan must be a JSON object (from `muonscope plan`), got {type(self.plan).__name__}")
         if self.adjust_lr_fn not in ADJUST_LR_FNS:
             raise ConfigError(f"adjust_lr_fn must be one of {ADJUST_LR_FNS}, got {self.adjust_lr_fn!r}")
-        for name in ("lr", "adamw_lr"):
-            v = getattr(self, name)
-            if not (math.isfinite(v) and v > 0):
-                raise ConfigError(f"{name} must be positive and finite, got {v!r}")
-        if self.ns_steps != "adaptive" and (isinstance(self.ns_steps, bool) or not isinstance(self.ns_steps, int)
-                                            or self.ns_steps < 1):
-            raise ConfigError(f"ns_steps must be a positive integer or 'adaptive', got {self.ns_steps!r}")
+        if self.ns_steps != "adaptive":
+            if isinstance(self.ns_steps, str):
+                raise ConfigError(f"ns_steps must be a positive integer or 'adaptive', got {self.ns_steps!r}")
+            _int_field(self, "ns_steps", V.ns_steps)
         if self.orthogonalizer not in ORTHOGONALIZERS:
             raise ConfigError(f"orthogonalizer must be one of {ORTHOGONALIZERS}, got {self.orthogonalizer!r}")
         from muonscope.experiments.model import get_preset
@@ -104,6 +143,46 @@ class TrainConfig:
         if "quantiles" in d:
             d["quantiles"] = tuple(d["quantiles"])
         return cls(**d).validate()
+
+
+def _int_field(cfg, name: str, check) -> None:
+    v = getattr(cfg, name)
+    if isinstance(v, float) or isinstance(v, str):
+        raise ConfigError(f"{name} must be an integer, got {v!r}")
+    setattr(cfg, name, check(name, v))
+
+
+def _float_field(cfg, name: str, check) -> None:
+    v = getattr(cfg, name)
+    if isinstance(v, str):
+        raise ConfigError(f"{name} must be a number, got {v!r}")
+    setattr(cfg, name, check(name, v))
+
+
+def config_conflicts(saved: dict, requested: dict) -> list[str]:
+    """``name: saved -> requested`` for every option of ``requested`` that a resume of ``saved``
+    cannot take (everything but a ``steps`` not smaller must be equal; options missing from
+    ``saved`` match their default)."""
+    defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig) if f.default is not dataclasses.MISSING}
+    defaults["plan"] = None
+    out = []
+    for k, new in requested.items():
+        old = saved.get(k, defaults.get(k))
+        if k == "steps":
+            if isinstance(old, int) and isinstance(new, int) and new < old:
+                out.append(f"steps: {old} -> {new} (steps may only grow)")
+            continue
+        if k == "quantiles":
+            old, new = list(old or []), list(new or [])
+        if old != new:
+            out.append(f"{k}: {_show(old)} -> {_show(new)}")
+    return out
+
+
+def _show(v) -> str:
+    if isinstance(v, dict):
+        return "{...}" if v else "{}"
+    return repr(v)
 
 
 def same_run(saved: dict, requested: dict) -> bool:

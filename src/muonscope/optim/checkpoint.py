@@ -18,7 +18,9 @@ FORMAT = "muonscope.checkpoint/1"
 
 def save_checkpoint(path: str | os.PathLike, *, model=None, optimizer=None, scheduler=None,
                     rng: bool = True, **extra) -> Path:
-    """Write a checkpoint atomically (temp file, then rename). ``extra`` must be plain data."""
+    """Write a checkpoint atomically: a unique temporary file, fsynced, renamed over ``path``, the
+    directory fsynced (:func:`muonscope._atomic.atomic_write`); a failed write (disk full) leaves the
+    previous checkpoint intact and no temporary file. ``extra`` must be plain data."""
     path = Path(path)
     blob = {"format": FORMAT, "extra": extra}
     if model is not None:
@@ -29,11 +31,9 @@ def save_checkpoint(path: str | os.PathLike, *, model=None, optimizer=None, sche
         blob["scheduler"] = scheduler.state_dict()
     if rng:
         blob["torch_rng"] = torch.get_rng_state()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(blob, tmp)
-    os.replace(tmp, path)
-    return path
+    from muonscope._atomic import atomic_write
+
+    return atomic_write(path, lambda fh: torch.save(blob, fh), what="checkpoint")
 
 
 def load_checkpoint(path: str | os.PathLike, *, model=None, optimizer=None, scheduler=None,

@@ -16,9 +16,12 @@ duplicates. Each process rank R writes its own parts; nothing is gathered.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
 import platform
+import socket
 import re
 import time
 from collections.abc import Iterable, Sequence
@@ -27,8 +30,10 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from muonscope import validate
+from muonscope._atomic import atomic_write, ensure_dir, os_error
 from muonscope._jsonfile import read_json
-from muonscope.errors import StoreError
+from muonscope.errors import ConfigError, StoreError
 
 FORMAT = "muonscope.run"
 SCHEMA_VERSION = 1
@@ -57,12 +62,7 @@ def _versions() -> dict:
 
 
 def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".tmp-{path.name}")
-    with open(tmp, "wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    atomic_write(path, data, what="run store file")
 
 
 def _to_table(rows: Sequence[dict]) -> pa.Table:
@@ -130,7 +130,7 @@ class RunStore:
         except (TypeError, ValueError) as exc:
             raise StoreError(f"run metadata for {path} is not JSON-serializable: {exc}") from exc
         for sub in TABLES:
-            (path / sub).mkdir(parents=True, exist_ok=True)
+            ensure_dir(path / sub)
         _atomic_write_bytes(meta_file, data)
         return cls(path, full, writable=True, process_rank=process_rank,
                    flush_rows=flush_rows, flush_seconds=flush_seconds)
@@ -149,8 +149,7 @@ class RunStore:
         meta = read_json(meta_file, StoreError, missing=f"{path} is not a muonscope run directory (no run.json)")
         if not isinstance(meta, dict) or meta.get("format") != FORMAT:
             raise StoreError(f"{meta_file} is not a muonscope run file (format {meta.get('format') if isinstance(meta, dict) else None!r})")
-        if int(meta.get("schema_version", -1)) > SCHEMA_VERSION:
-            raise StoreError(f"{meta_file} has schema version {meta['schema_version']}; this muonscope reads <= {SCHEMA_VERSION}: upgrade muonscope")
+        check_meta(meta, meta_file)
         return meta
 
     @property
@@ -214,12 +213,8 @@ class RunStore:
             arrow = _to_table(buf)
             name = f"part-g{self._generation:04d}-r{self.process_rank:03d}-{self._seq:06d}.parquet"
             dest = self.path / table / name
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            tmp = dest.with_name(f".tmp-{name}")
-            pq.write_table(arrow, tmp, compression="zstd")
-            with open(tmp, "rb+") as fh:
-                os.fsync(fh.fileno())
-            os.replace(tmp, dest)
+            atomic_write(dest, lambda fh, t=arrow: pq.write_table(t, fh, compression="zstd"),
+                         what="run store part")
             self._seq += 1
             buf.clear()
         self._last_flush = time.monotonic()
@@ -272,6 +267,138 @@ class RunStore:
     def metrics(self, as_pandas: bool = True):
         t = self.table("metrics")
         return t.to_pandas() if as_pandas else t
+
+
+def check_meta(meta: dict, meta_file) -> None:
+    """Refuse a run.json whose typed fields are malformed: ``schema_version`` an integer this
+    version reads, ``model_params`` a positive integral number, ``run_id`` / ``preset`` strings,
+    ``seed`` an integer, ``config`` an object."""
+    v = meta.get("schema_version", SCHEMA_VERSION)
+    if isinstance(v, bool) or not isinstance(v, int):
+        raise StoreError(f"{meta_file}: schema_version must be an integer, got {v!r}")
+    if v > SCHEMA_VERSION:
+        raise StoreError(f"{meta_file} has schema version {v}; this muonscope reads <= {SCHEMA_VERSION}: "
+                         "upgrade muonscope")
+    if v < 1:
+        raise StoreError(f"{meta_file}: schema_version must be >= 1, got {v!r}")
+    try:
+        if meta.get("model_params") is not None:
+            if isinstance(meta["model_params"], str):
+                raise ConfigError(f"model_params must be a number, got {meta['model_params']!r}")
+            validate.count("model_params", meta["model_params"], high=10**15)
+        if meta.get("seed") is not None:
+            if isinstance(meta["seed"], str):
+                raise ConfigError(f"seed must be an integer, got {meta['seed']!r}")
+            validate.integer("seed", meta["seed"])
+    except ConfigError as exc:
+        raise StoreError(f"{meta_file}: {exc}") from None
+    for key in ("run_id", "preset", "status"):
+        if meta.get(key) is not None and not isinstance(meta[key], str):
+            raise StoreError(f"{meta_file}: {key} must be a string, got {meta[key]!r}")
+    if meta.get("config") is not None and not isinstance(meta["config"], dict):
+        raise StoreError(f"{meta_file}: config must be an object, got {type(meta['config']).__name__}")
+
+
+LOCK_NAME = ".lock"
+
+
+class RunLock:
+    """Exclusive writer lock of a run directory: ``.lock`` holding ``pid host``, held with ``flock``.
+
+    The kernel releases an ``flock`` when its process dies, so a lock left by a killed writer is
+    stale by construction and the next writer takes it over. A live holder makes :meth:`acquire`
+    raise :class:`StoreError` ("run directory X is in use by PID n on host h"). Creating the lock
+    creates the directory (with parents). Re-entrant within one process is *not* supported: one
+    writer, one lock.
+    """
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        self.path = Path(path)
+        self.file = self.path / LOCK_NAME
+        self._fd: int | None = None
+
+    def acquire(self) -> RunLock:
+        ensure_dir(self.path)
+        while True:
+            try:
+                fd = os.open(self.file, os.O_RDWR | os.O_CREAT, 0o644)
+            except OSError as exc:
+                raise os_error(exc, self.file, "cannot lock") from None
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = _read_holder(fd)
+                os.close(fd)
+                raise StoreError(f"run directory {self.path} is in use by {holder}; wait for it to finish "
+                                 "or stop it first") from None
+            except OSError as exc:
+                os.close(fd)
+                raise os_error(exc, self.file, "cannot lock") from None
+            try:  # the file may have been unlinked by a releasing holder between open and flock
+                same = os.fstat(fd).st_ino == os.stat(self.file).st_ino
+            except FileNotFoundError:
+                same = False
+            if same:
+                break
+            os.close(fd)
+        try:
+            os.ftruncate(fd, 0)
+            os.write(fd, f"{os.getpid()} {socket.gethostname()}\n".encode())
+            os.fsync(fd)
+        except OSError as exc:
+            os.close(fd)
+            raise os_error(exc, self.file, "cannot lock") from None
+        self._fd = fd
+        return self
+
+    def release(self) -> None:
+        if self._fd is None:
+            return
+        with contextlib.suppress(OSError):
+            os.unlink(self.file)
+        with contextlib.suppress(OSError):
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+        os.close(self._fd)
+        self._fd = None
+
+    @property
+    def held(self) -> bool:
+        return self._fd is not None
+
+    def __enter__(self) -> RunLock:
+        return self.acquire()
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+
+def _read_holder(fd: int) -> str:
+    try:
+        os.lseek(fd, 0, os.SEEK_SET)
+        text = os.read(fd, 256).decode(errors="replace").split()
+    except OSError:
+        text = []
+    if text and text[0].isdigit():
+        return f"PID {text[0]}" + (f" on host {text[1]}" if len(text) > 1 else "")
+    return "another process"
+
+
+def lock_holder(path: str | os.PathLike) -> str | None:
+    """Who holds the writer lock of run directory ``path`` ("PID n on host h"), or None."""
+    f = Path(path) / LOCK_NAME
+    try:
+        fd = os.open(f, os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return _read_holder(fd)
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return None
+    finally:
+        os.close(fd)
 
 
 def find_runs(paths: Iterable[str | os.PathLike]) -> list[Path]:
