@@ -4,9 +4,12 @@ The test runs this file as a script once per rank (``python test_optim_distribut
 PORT OUT``); each rank saves its results, and the test compares them with a single-process run.
 Four setups: replicated parameters with identical gradients (plus a row-split parameter), DDP with
 a different half-batch per rank through MuonWithAdamW, the same under FSDP2 (``fully_shard``: every
-parameter a DTensor shard), and bare DTensor (Shard(0)) parameters.
+parameter a DTensor shard), and bare DTensor (Shard(0)) parameters. A second pair of processes
+(``python test_optim_distributed.py mismatch RANK WORLD PORT OUT``) builds optimizers whose
+parameters differ across ranks and records what each rank raised.
 """
 
+import json
 import os
 import socket
 import subprocess
@@ -16,8 +19,9 @@ from collections import OrderedDict
 import torch
 from torch import nn
 
+from muonscope.errors import DistributedMismatchError
 from muonscope.optim import Muon, MuonWithAdamW
-from muonscope.optim.distributed import assign_owners
+from muonscope.optim.distributed import assign_owners, layout_mismatch, layout_row
 
 STEPS = 4
 
@@ -134,6 +138,62 @@ def _worker(rank, world, port, out):
         dist.destroy_process_group()
 
 
+def _mismatched(case, rank):
+    """An optimizer over parameters that differ on rank 1 as ``case`` says, with gradients."""
+    g = torch.Generator().manual_seed(3)
+    shapes = [(8, 6), (6, 10)]
+    dtypes = [torch.float32, torch.float32]
+    if case == "shape" and rank == 1:
+        shapes[1] = (6, 11)
+    if case == "dtype" and rank == 1:
+        dtypes[1] = torch.float64
+    if case == "extra" and rank == 1:
+        shapes.append((4, 4))
+        dtypes.append(torch.float32)
+    params = [(f"w{i}", nn.Parameter(torch.randn(s, generator=g, dtype=dt)))
+              for i, (s, dt) in enumerate(zip(shapes, dtypes, strict=True))]
+    for _, p in params:
+        p.grad = torch.randn(p.shape, generator=g, dtype=p.dtype)
+    if case == "adamw_extra":  # an extra AdamW bias on rank 1: AdamW's non-finite screen is a collective too
+        groups = [{"params": params, "use_muon": True},
+                  {"params": [("b0", nn.Parameter(torch.zeros(6)))] + ([("b1", nn.Parameter(torch.zeros(3)))]
+                                                                      if rank == 1 else []), "use_muon": False}]
+        for _, p in groups[1]["params"]:
+            p.grad = torch.ones(p.shape)
+        return MuonWithAdamW(groups, lr=0.02, ns_dtype=torch.float32), [p for _, p in params]
+    return Muon(params, lr=0.02, ns_dtype=torch.float32), [p for _, p in params]
+
+
+MISMATCHES = ("shape", "extra", "dtype", "adamw_extra")
+
+
+def _mismatch_worker(rank, world, port, out):
+    """Step each mismatched optimizer; record the error type and message, and whether the
+    parameters were left untouched; then check that a matching optimizer still steps."""
+    import torch.distributed as dist
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+    try:
+        res = {}
+        for case in MISMATCHES:
+            opt, params = _mismatched(case, rank)
+            before = [p.detach().clone() for p in params]
+            try:
+                opt.step()
+                res[case] = ["no error", ""]
+            except Exception as exc:  # noqa: BLE001 - the test compares the exact type
+                res[case] = [type(exc).__name__, str(exc)]
+            res[case].append(all(torch.equal(a, p) for a, p in zip(before, params, strict=True)))
+        opt, params = _mismatched("none", rank)
+        opt.step()
+        res["after"] = [p.detach().tolist() for p in params]
+        with open(out, "w") as f:
+            json.dump(res, f)
+    finally:
+        dist.destroy_process_group()
+
+
 def _free_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -189,6 +249,45 @@ def test_two_gloo_processes_match_one(tmp_path):
     assert max(s0["last_local_ns_flops"], s1["last_local_ns_flops"]) <= 0.75 * ref_stats["last_ns_flops"]
 
 
+def test_mismatched_ranks_raise_the_same_error_on_every_rank(tmp_path):
+    """Shape, dtype, an extra Muon parameter, an extra AdamW parameter: both ranks raise the same
+    DistributedMismatchError before any update (bounded: each process is joined with a timeout)."""
+    world, port = 2, _free_port()
+    outs = [tmp_path / f"rank{r}.json" for r in range(world)]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    procs = [subprocess.Popen([sys.executable, __file__, "mismatch", str(r), str(world), str(port), str(outs[r])],
+                              env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+             for r in range(world)]
+    logs = []
+    try:
+        for p in procs:
+            logs.append(p.communicate(timeout=120)[0].decode())
+    finally:
+        for q in procs:
+            if q.poll() is None:
+                q.kill()
+    assert all(p.returncode == 0 for p in procs), "\n".join(logs)
+    r0, r1 = (json.loads(o.read_text()) for o in outs)
+    for case, where in (("shape", "'w1'"), ("extra", "'w2'"), ("dtype", "float64"), ("adamw_extra", "'b1'")):
+        assert r0[case] == r1[case], case  # same type, same message, both untouched
+        kind, message, untouched = r0[case]
+        assert kind == DistributedMismatchError.__name__, (case, message)
+        assert where in message and "rank 0" in message and "rank 1" in message, message
+        assert untouched
+    assert r0["after"] == r1["after"]  # the ranks are still in step: a matching optimizer works
+
+
+def test_layout_mismatch_names_the_first_difference():
+    a, b = nn.Parameter(torch.zeros(4, 6)), nn.Parameter(torch.zeros(4, 7))
+    rows = [layout_row(0, "x", a, "matrix"), layout_row(0, "y", a, "matrix")]
+    assert layout_mismatch([rows, list(rows)]) is None
+    other = [rows[0], layout_row(0, "y", b, "matrix")]
+    msg = layout_mismatch([rows, rows, other])
+    assert "at parameter 1" in msg and "rank 2" in msg and "(4, 7)" in msg and "(4, 6)" in msg
+    msg = layout_mismatch([rows, rows[:1]])
+    assert "no parameter" in msg and "rank 1: 1" in msg
+
+
 def test_assign_owners_balances_and_is_deterministic():
     flops = [100, 100, 40, 30, 30, 30, 10, 5]
     owners = assign_owners(flops, 2)
@@ -200,4 +299,7 @@ def test_assign_owners_balances_and_is_deterministic():
 
 
 if __name__ == "__main__":
-    _worker(int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), sys.argv[4])
+    if sys.argv[1] == "mismatch":
+        _mismatch_worker(int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), sys.argv[5])
+    else:
+        _worker(int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), sys.argv[4])

@@ -15,7 +15,7 @@ from __future__ import annotations
 import math
 import warnings
 from collections import OrderedDict
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -184,6 +184,13 @@ class Muon(Optimizer):
                 make_orthogonalizer(entry.orthogonalizer, schedule=entry.schedule, steps=entry.steps)
         self._distributed = distributed
         self._process_group = process_group
+        if views is not None and not isinstance(views, Mapping):
+            raise ConfigError(f"views must map parameter names (or regexes) to matrix views, got {views!r}")
+        if not all(isinstance(k, str) for k in (views or {})):
+            raise ConfigError(f"views keys must be parameter names or regexes, got {list(views)!r}")
+        for what, seq in (("policies", policies), ("controllers", controllers)):
+            if isinstance(seq, (str, bytes, Mapping)) or not isinstance(seq, Iterable):
+                raise ConfigError(f"{what} must be a list of policies, got {seq!r}")
         self.views = {canonical_name(k): check_view(v) for k, v in (views or {}).items()}
         self._view_cache: dict[str, str] = {}
         self._init_runtime()
@@ -267,7 +274,7 @@ class Muon(Optimizer):
         for key in ("lr", "momentum", "weight_decay", "eps"):
             if isinstance(group[key], (str, bytes)):
                 raise ConfigError(f"{key} must be a number, got {group[key]!r}")
-        lr = V.nonnegative("lr", lr)
+        lr = V.learning_rate("lr", lr)
         V.real("momentum", group["momentum"], low=0.0, high=1.0, high_open=True)
         wd = V.nonnegative("weight_decay", group["weight_decay"])
         if lr * wd > 1.0:

@@ -84,7 +84,7 @@ def check_adamw_options(group: dict, prefix: str = "adamw_") -> None:
     for key in ("lr", "eps", "weight_decay"):
         if isinstance(group[key], (str, bytes)):
             raise ConfigError(f"{prefix}{key} must be a number, got {group[key]!r}")
-    lr = V.nonnegative(f"{prefix}lr", lr)
+    lr = V.learning_rate(f"{prefix}lr", lr)
     betas = group["betas"]
     if isinstance(betas, (str, bytes, torch.Tensor)) or not hasattr(betas, "__len__") or len(betas) != 2:
         raise ConfigError(f"{prefix}betas must be a pair (beta1, beta2), got {betas!r}")
