@@ -10,7 +10,11 @@ map. Candidates, per family, with the fewest such k (k ≤ ``max_steps``):
 
 (``families`` may name any other schedule too) where designed(ℓ) is the minimax composition for [ℓ', 1], ℓ' = ℓ rounded down to 2 significant
 digits (:func:`~muonscope.laws.design.design_schedule`). Cost is the number of matrix products,
-3k; ties go to the earlier family in ``families`` (the simpler schedule). Per layer type the plan
+3k; ties go to the earlier family in ``families`` (the simpler schedule). Given the target's matrix
+shape per layer type (``shapes``), the implementation of the chosen map is a second choice by
+FLOPs: Gram NS (the same map at 4m²n + O(k·m³), :func:`~muonscope.orth.analysis.gram_ns_cost`,
+with the safe restarts of ``ns_dtype``) where it costs at most ``gram_max_ratio`` of standard NS's
+k(4m²n + 2m³), standard NS elsewhere. Per layer type the plan
 uses the most pessimistic depth. Parameter names map to the choice of their layer type at the
 fitted depth(s) bracketing their rel_depth (the more demanding one); names of unfitted types or
 unknown depth get the layer type's or the global most demanding choice (``default``).
@@ -40,7 +44,14 @@ from muonscope.laws.criterion import (
 from muonscope.laws.design import design_name, design_schedule, round_down_2sig
 from muonscope.laws.fit import Laws, convergence_key, same_depth
 from muonscope.laws.powerlaw import Prediction
-from muonscope.orth.analysis import ns_matmuls, threshold
+from muonscope.orth.analysis import (
+    gram_default_restarts,
+    gram_ns_cost,
+    gram_pays,
+    ns_flops,
+    ns_matmuls,
+    threshold,
+)
 from muonscope.orth.schedules import BUILTIN_NAMES, Schedule, get_schedule
 
 FAMILIES = ("jordan", "polar-express", "designed")
@@ -88,6 +99,10 @@ class LayerChoice:
     options: tuple[Option, ...]
     stat: float = float("nan")  # statistic criterion: predicted statistic of the choice ...
     bound: float = float("nan")  # ... and the bound it had to meet
+    orthogonalizer: str = "ns"  # implementation: "ns" (standard), "gram", "auto" (by shape at run time)
+    shape: tuple[int, int] | None = None  # the target's (rows, cols) of this layer type, if given
+    ns_flops: int | None = None  # FLOPs of one call of the chosen implementation on ``shape``
+    gram_matmuls: int | None = None  # products of one Gram-NS call (when Gram is chosen)
 
     @property
     def exact(self) -> bool:
@@ -96,7 +111,9 @@ class LayerChoice:
     @property
     def matmuls(self) -> int | None:
         """NS matrix products per call (None for the exact polar factor, which uses an SVD)."""
-        return None if self.exact else ns_matmuls(self.steps)
+        if self.exact:
+            return None
+        return self.gram_matmuls if self.orthogonalizer == "gram" else ns_matmuls(self.steps)
 
     @property
     def cost(self) -> float:
@@ -110,7 +127,8 @@ class LayerChoice:
     def config(self) -> dict:
         if self.exact:
             return {"orthogonalizer": "exact", "layer_type": self.layer_type}
-        return {"schedule": self.schedule.name, "steps": self.steps, "layer_type": self.layer_type}
+        out = {"schedule": self.schedule.name, "steps": self.steps, "layer_type": self.layer_type}
+        return out if self.orthogonalizer == "ns" else {**out, "orthogonalizer": self.orthogonalizer}
 
 
 def plan_options(ell: float, rho: float = FAILURE_RHO, *, families: Sequence[str] = FAMILIES,
@@ -186,7 +204,8 @@ class Plan:
                 "layer_type": c.layer_type, "rel_depth": c.rel_depth, "alpha": c.alpha,
                 "s_pred": c.prediction.center, "s_low": c.prediction.low, "s_high": c.prediction.high,
                 "schedule": "exact" if c.exact else c.schedule.name, "steps": c.steps, "matmuls": c.matmuls, "tau": c.tau,
-                "stat": c.stat, "bound": c.bound,
+                "stat": c.stat, "bound": c.bound, "orthogonalizer": "exact" if c.exact else c.orthogonalizer,
+                "ns_flops": c.ns_flops,
                 **{f"steps_{f}": opt.get(f) for f in opt},
             })
         out = pd.DataFrame(rows)
@@ -202,7 +221,7 @@ class Plan:
         def summary(c: LayerChoice) -> dict:
             return {**c.config(), "rel_depth": num(c.rel_depth), "worst_depth": num(c.worst_depth),
                     "alpha": num(c.alpha), "s_pred": c.prediction.center, "s_low": c.prediction.low,
-                    "s_high": c.prediction.high, "tau": c.tau, "matmuls": c.matmuls,
+                    "s_high": c.prediction.high, "tau": c.tau, "matmuls": c.matmuls, "ns_flops": c.ns_flops,
                     "stat": num(c.stat), "bound": num(c.bound)}
 
         d = {
@@ -242,11 +261,14 @@ def names_from_records(df: pd.DataFrame) -> dict[str, tuple[str, float]]:
 def make_plan(laws: Laws, target_params: float, *, quantile: float = 0.5, rho: float = FAILURE_RHO,
               level: float = 0.95, names: Mapping[str, tuple[str, float]] | None = None,
               families: Sequence[str] = FAMILIES, max_steps: int = 16, safety: float = 1.01,
-              criterion: Criterion | None = None) -> Plan:
+              criterion: Criterion | None = None, shapes: Mapping[str, tuple[int, int]] | None = None,
+              ns_dtype: str = "bfloat16", gram_max_ratio: float = 0.85) -> Plan:
     """Plan NS per layer for a model of ``target_params`` parameters (see the module docstring).
 
     ``criterion`` None is the lift-quantile rule with ``quantile`` and ``rho``; a ``statistic``
     criterion (:mod:`muonscope.laws.criterion`) bounds the predicted statistic of every choice.
+    ``shapes`` ({layer_type: (rows, cols)} at the target size) lets each choice pick Gram or
+    standard NS by FLOPs (:func:`with_implementation`, restarts of ``ns_dtype``).
     """
     if criterion is None:
         criterion = Criterion(quantile=float(quantile), rho=float(rho))
@@ -292,7 +314,17 @@ def make_plan(laws: Laws, target_params: float, *, quantile: float = 0.5, rho: f
     def demand(c: LayerChoice):  # the most demanding choice sorts first
         return (c.ell, -c.cost) if criterion.kind == "lift-quantile" else (-c.cost, c.ell)
 
-    by_depth = [pick(f) for f in sorted(fits, key=lambda f: (f.layer_type, math.isnan(f.rel_depth), f.rel_depth))]
+    def implemented(c: LayerChoice) -> LayerChoice:
+        shape = (shapes or {}).get(c.layer_type)
+        return c if shape is None else with_implementation(c, shape, ns_dtype, gram_max_ratio)
+
+    def unshaped(c: LayerChoice) -> LayerChoice:  # shape unknown: "auto" decides per matrix at run time
+        if not shapes or c.exact:
+            return c
+        return replace(c, orthogonalizer="auto", shape=None, ns_flops=None, gram_matmuls=None)
+
+    by_depth = [implemented(pick(f))
+                for f in sorted(fits, key=lambda f: (f.layer_type, math.isnan(f.rel_depth), f.rel_depth))]
     by_type: dict[str, LayerChoice] = {}
     for lt in sorted({c.layer_type for c in by_depth}):
         worst = min((c for c in by_depth if c.layer_type == lt), key=demand)
@@ -300,7 +332,9 @@ def make_plan(laws: Laws, target_params: float, *, quantile: float = 0.5, rho: f
     default = min(by_type.values(), key=lambda c: (-c.cost, c.ell))
     params: dict[str, LayerChoice] = {}
     for name, (lt, depth) in (names or {}).items():
-        params[base_name(name)] = _choice_for(by_depth, by_type, default, str(lt), depth, demand)
+        c = _choice_for(by_depth, by_type, default, str(lt), depth, demand)
+        params[base_name(name)] = implemented(c) if str(lt) in (shapes or {}) else unshaped(c)
+    default = unshaped(default)
     unconverged = None
     if laws.convergence:
         used = [g for f in fits for g in laws.fits if g.layer_type == f.layer_type and same_depth(g.rel_depth, f.rel_depth)
@@ -309,6 +343,27 @@ def make_plan(laws: Laws, target_params: float, *, quantile: float = 0.5, rho: f
                               if laws.converged(g.layer_type, g.rel_depth, g.q) is False})
     return Plan(m, float(quantile), float(rho), float(level), by_depth, by_type, params, default, criterion,
                 unconverged)
+
+
+def with_implementation(choice: LayerChoice, shape: tuple[int, int], ns_dtype: str = "bfloat16",
+                        max_ratio: float = 0.85) -> LayerChoice:
+    """``choice`` with its implementation chosen for an m×n matrix: Gram NS (restarts: the safe
+    default of ``ns_dtype``) if its FLOPs are at most ``max_ratio`` of standard NS's, else standard.
+    The exact polar factor is left as it is."""
+    try:
+        m, n = (int(shape[0]), int(shape[1]))
+    except (TypeError, ValueError, IndexError):
+        raise ConfigError(f"a matrix shape must be (rows, cols), got {shape!r}") from None
+    if m < 1 or n < 1:
+        raise ConfigError(f"a matrix shape must be positive, got {shape!r}")
+    if choice.exact:
+        return replace(choice, shape=(m, n))
+    restarts = gram_default_restarts(ns_dtype, choice.steps)
+    if gram_pays(m, n, choice.steps, restarts, max_ratio):
+        flops, mm = gram_ns_cost(m, n, choice.steps, restarts)
+        return replace(choice, orthogonalizer="gram", shape=(m, n), ns_flops=flops, gram_matmuls=mm)
+    return replace(choice, orthogonalizer="ns", shape=(m, n), ns_flops=ns_flops(m, n, choice.steps),
+                   gram_matmuls=None)
 
 
 def choose_by_statistic(spectrum: np.ndarray, criterion: Criterion, *, families: Sequence[str] = FAMILIES,

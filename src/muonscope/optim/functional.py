@@ -129,24 +129,34 @@ class Work:
         else:
             torch.add(self.grad, self.momentum, alpha=beta, out=out)
 
-    def input_in(self, dtype: torch.dtype) -> torch.Tensor:
-        """The NS input in ``dtype``: the momentum view itself when possible, else formed once."""
-        if self.matrix is None and (not self._recipe[1] or self.grad.dtype == dtype):
-            X = self.materialize()
+    def input_in(self, dtype: torch.dtype) -> tuple[torch.Tensor, bool]:
+        """The NS input in ``dtype`` and whether it is scratch (formed here, free to overwrite):
+        the momentum view itself when possible, else formed once."""
+        nesterov = self._recipe[1]
+        if self.matrix is None and (not nesterov or self.grad.dtype == dtype):
+            X, owned = self.materialize(), nesterov  # Nesterov forms a fresh tensor; else the buffer
         else:
-            X = self.matrix
+            X, owned = self.matrix, False
         if X is None or X.dtype != dtype:
-            X = torch.empty(self.shape, dtype=dtype, device=self.device)
+            X, owned = torch.empty(self.shape, dtype=dtype, device=self.device), True
             self.materialize_into(X)
-        return X
+        return X, owned
+
+
+def _call(orth: Orthogonalizer, X: torch.Tensor, want_spectrum: bool, scratch: bool):
+    """orth(X), letting an NS orthogonalizer normalize X in place when it is scratch."""
+    if scratch and getattr(orth, "accepts_overwrite", False):
+        return orth(X, want_spectrum=want_spectrum, overwrite=True)
+    return orth(X, want_spectrum=want_spectrum)
 
 
 def orthogonalize(works: list[Work], want_spectrum: bool, retain: bool = False) -> None:
     """Fill each work's ``update`` (and ``spectrum``): one batched call per (orthogonalizer, shape)
-    bucket, transposed so rows ≤ cols. NS inputs are cast to the compute dtype while stacking and
-    updates stay in it, as torch.optim.Muon does. With ``retain`` each work keeps its NS input in
-    ``matrix`` (for hooks)."""
-    buckets: dict[tuple, list[tuple[Work, bool]]] = {}
+    bucket, stacked as they are (NS runs tall matrices on their XᵀX side, so nothing is
+    transposed and every elementwise op is contiguous). NS inputs are cast to the compute dtype
+    while stacking into a batch the call may overwrite, and updates stay in it, as
+    torch.optim.Muon does. With ``retain`` each work keeps its NS input in ``matrix`` (for hooks)."""
+    buckets: dict[tuple, list[Work]] = {}
     for w in works:
         m, n = w.shape
         if m * n == 0:  # nothing to orthogonalize
@@ -155,25 +165,25 @@ def orthogonalize(works: list[Work], want_spectrum: bool, retain: bool = False) 
             if retain:
                 w.matrix = w.materialize()
             continue
-        buckets.setdefault((w.key, min(m, n), max(m, n), w.dtype, w.device), []).append((w, m > n))
+        buckets.setdefault((w.key, m, n, w.dtype, w.device), []).append(w)
     for bucket in buckets.values():
-        first = bucket[0][0]
+        first = bucket[0]
         if retain:  # hooks see each NS input as formed, in its own dtype
-            for w, _ in bucket:
+            for w in bucket:
                 w.matrix = w.materialize()
         if len(bucket) == 1:
-            first.update, first.spectrum = first.orth(first.input_in(first.dtype), want_spectrum=want_spectrum)
+            X, scratch = first.input_in(first.dtype)
+            first.update, first.spectrum = _call(first.orth, X, want_spectrum, scratch)
         else:
-            m, n = first.shape[::-1] if bucket[0][1] else first.shape
-            G = torch.empty((len(bucket), m, n), dtype=first.dtype, device=first.device)
-            for i, (w, t) in enumerate(bucket):
-                w.materialize_into(G[i].mT if t else G[i])
-            O, S = first.orth(G, want_spectrum=want_spectrum)
-            for i, (w, t) in enumerate(bucket):
-                w.update = O[i].mT if t else O[i]
+            G = torch.empty((len(bucket), *first.shape), dtype=first.dtype, device=first.device)
+            for i, w in enumerate(bucket):
+                w.materialize_into(G[i])
+            O, S = _call(first.orth, G, want_spectrum, True)
+            for i, w in enumerate(bucket):
+                w.update = O[i]
                 w.spectrum = S[i] if S is not None else None
         if want_spectrum:
-            for w, _ in bucket:
+            for w in bucket:
                 if w.spectrum is not None:
                     w.spectrum = w.spectrum.to(torch.float64)
 

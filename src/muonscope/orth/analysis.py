@@ -109,6 +109,57 @@ def ns_matmuls(steps: int) -> int:
     return 3 * int(steps)
 
 
+def gram_ns_cost(m: int, n: int, steps: int, restarts: tuple[int, ...] = ()) -> tuple[int, int]:
+    """(FLOPs, matrix products) of ``steps`` Gram-NS steps on an m×n input (m ≤ n after transposing).
+
+    R = XXᵀ (2m²n); per step P = aI + bR + cR² (2m³), Q ← Q·P (2m³, none while Q = I), and unless
+    it is the last step or a restart R ← P·R·P (4m³); a restart after a step costs X ← QX and
+    R ← XXᵀ (4m²n) and resets Q = I; the output QX costs 2m²n. No restarts, k ≥ 2:
+    4m²n + (8k − 6)m³ against standard NS's k(4m²n + 2m³).
+    """
+    m, n = (m, n) if m <= n else (n, m)
+    k = int(steps)
+    if k < 1:
+        return 0, 0
+    cube, side = 2 * m**3, 2 * m * m * n
+    flops, mm, identity = side, 1, True  # R = X Xᵀ
+    for i in range(1, k + 1):
+        flops, mm = flops + cube, mm + 1  # R²
+        if not identity:
+            flops, mm = flops + cube, mm + 1  # Q·P
+        identity = False
+        if i == k:
+            break
+        if i in restarts:
+            flops, mm, identity = flops + 2 * side, mm + 2, True
+        else:
+            flops, mm = flops + 2 * cube, mm + 2
+    return flops + side, mm + 1
+
+
+GRAM_RESTART_RULES = {"bfloat16": (1, 2), "float16": (2, 3), "float32": (4, 4)}  # (first, every)
+
+
+def gram_default_restarts(dtype: str, steps: int) -> tuple[int, ...]:
+    """Safe Gram-NS restart positions for ``steps`` steps in ``dtype`` (a torch dtype name).
+
+    bf16 (8-bit mantissa): after step 1, then every 2 steps (1, 3 for 5 steps: standard-bf16
+    accuracy); fp16 (11-bit): every 3 steps from step 2 (2 for 5 steps, the published recipe:
+    about standard-bf16 accuracy); fp32: every 4 steps from step 4 (4 for 5–8 steps); fp64 and
+    others: none. A restart after the last step would do nothing and is never listed.
+    """
+    rule = GRAM_RESTART_RULES.get(str(dtype).removeprefix("torch."))
+    if rule is None:
+        return ()
+    first, every = rule
+    return tuple(range(first, int(steps), every))
+
+
+def gram_pays(m: int, n: int, steps: int, restarts: tuple[int, ...] = (), max_ratio: float = 0.85) -> bool:
+    """Whether Gram NS costs at most ``max_ratio`` of standard NS's FLOPs on an m×n matrix."""
+    return gram_ns_cost(m, n, steps, restarts)[0] <= max_ratio * ns_flops(m, n, steps)
+
+
 @dataclass(frozen=True)
 class ErrorRow:
     s_lo: float

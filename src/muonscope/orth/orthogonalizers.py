@@ -9,15 +9,21 @@ map, so fidelity can be computed without touching the matrix again.
 from __future__ import annotations
 
 import abc
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 import numpy as np
 import torch
 
 from muonscope.errors import ConfigError
-from muonscope.orth.analysis import composed_map, ns_flops, ns_matmuls
+from muonscope.orth.analysis import composed_map, gram_ns_cost, gram_pays, ns_flops, ns_matmuls
 from muonscope.orth.exact import polar_exact
-from muonscope.orth.matrix_ns import newton_schulz
+from muonscope.orth.gram_ns import (
+    check_restarts,
+    default_restarts,
+    gram_compute_dtype,
+    gram_newton_schulz,
+)
+from muonscope.orth.matrix_ns import default_compute_dtype, newton_schulz
 from muonscope.orth.schedules import Schedule, get_schedule
 
 
@@ -55,9 +61,12 @@ class Orthogonalizer(abc.ABC):
 
 
 class NewtonSchulz(Orthogonalizer):
-    """``steps`` NS steps of ``schedule`` in compute ``dtype`` (None: bf16 on CUDA, fp32 on CPU)."""
+    """``steps`` NS steps of ``schedule`` in compute ``dtype`` (None: bf16 where bf16 GEMM is fast,
+    fp32 elsewhere: :func:`~muonscope.orth.matrix_ns.default_compute_dtype`). Spectra handed back
+    come from a Gram matrix formed in fp32 or better."""
 
     kind = "ns"
+    accepts_overwrite = True  # __call__(G, overwrite=True) may normalize G in place
 
     def __init__(self, schedule: str | Schedule = "jordan", steps: int | None = None, *,
                  dtype: torch.dtype | None = None, eps: float = 1e-7) -> None:
@@ -68,11 +77,15 @@ class NewtonSchulz(Orthogonalizer):
         self.dtype = dtype
         self.eps = float(eps)
 
-    def __call__(self, G, *, want_spectrum=False):
+    def compute_dtype(self, device: torch.device | str = "cpu") -> torch.dtype:
+        """The dtype NS computes in on ``device``."""
+        return self.dtype or default_compute_dtype(device)
+
+    def __call__(self, G, *, want_spectrum=False, overwrite=False):
+        kw = dict(eps=self.eps, dtype=self.dtype, overwrite=overwrite)
         if not want_spectrum:
-            return newton_schulz(G, self.schedule, self.steps, eps=self.eps, dtype=self.dtype), None
-        O, gram = newton_schulz(G, self.schedule, self.steps, eps=self.eps, dtype=self.dtype,
-                                return_gram=True)
+            return newton_schulz(G, self.schedule, self.steps, **kw), None
+        O, gram = newton_schulz(G, self.schedule, self.steps, return_gram=True, **kw)
         return O, spectrum_from_gram(gram)
 
     def flops(self, m, n):
@@ -90,6 +103,96 @@ class NewtonSchulz(Orthogonalizer):
 
     def __repr__(self) -> str:
         return f"NewtonSchulz(schedule={self.schedule.name!r}, steps={self.steps})"
+
+
+class GramNewtonSchulz(NewtonSchulz):
+    """``steps`` Gram-NS steps of ``schedule`` (:mod:`muonscope.orth.gram_ns`): the same scalar map
+    as :class:`NewtonSchulz` at 4m²n + O(k·m³) FLOPs. ``dtype`` None: fp16 on CUDA, else the NS
+    default; ``restarts`` None: the safe default of the compute dtype."""
+
+    kind = "gram"
+
+    def __init__(self, schedule: str | Schedule = "jordan", steps: int | None = None, *,
+                 dtype: torch.dtype | None = None, eps: float = 1e-7,
+                 restarts: Iterable[int] | None = None) -> None:
+        super().__init__(schedule, steps, dtype=dtype, eps=eps)
+        self.restarts = check_restarts(restarts, self.steps)
+        self._resolved: dict = {}
+
+    def compute_dtype(self, device: torch.device | str = "cpu") -> torch.dtype:
+        return self.dtype or gram_compute_dtype(device)
+
+    def restarts_for(self, dtype: torch.dtype) -> tuple[int, ...]:
+        """Restart positions used in ``dtype`` (the given ones, else the dtype's safe default)."""
+        return default_restarts(dtype, self.steps) if self.restarts is None else self.restarts
+
+    def for_device(self, device: torch.device | str) -> GramNewtonSchulz:
+        """This orthogonalizer with dtype and restarts fixed for ``device`` (itself if they are)."""
+        if self.dtype is not None and self.restarts is not None:
+            return self
+        dtype = self.compute_dtype(device)
+        got = self._resolved.get(dtype)
+        if got is None:
+            got = self._resolved[dtype] = GramNewtonSchulz(self.schedule, self.steps, dtype=dtype, eps=self.eps,
+                                                           restarts=self.restarts_for(dtype))
+        return got
+
+    def __call__(self, G, *, want_spectrum=False, overwrite=False):
+        dtype = self.compute_dtype(G.device)
+        kw = dict(eps=self.eps, dtype=dtype, restarts=self.restarts_for(dtype), overwrite=overwrite)
+        if not want_spectrum:
+            return gram_newton_schulz(G, self.schedule, self.steps, **kw), None
+        O, gram = gram_newton_schulz(G, self.schedule, self.steps, return_gram=True, **kw)
+        return O, spectrum_from_gram(gram)
+
+    def cost(self, m: int, n: int) -> tuple[int, int]:
+        """(FLOPs, products) on an m×n matrix, with the restarts of the CPU compute dtype unless fixed."""
+        return gram_ns_cost(m, n, self.steps, self.restarts_for(self.compute_dtype("cpu")))
+
+    def flops(self, m, n):
+        return self.cost(m, n)[0]
+
+    def matmuls(self):
+        return self.cost(1, 1)[1]
+
+    def __repr__(self) -> str:
+        return (f"GramNewtonSchulz(schedule={self.schedule.name!r}, steps={self.steps}, "
+                f"restarts={self.restarts})")
+
+
+class AutoNewtonSchulz(NewtonSchulz):
+    """Per matrix shape: Gram NS where it costs at most ``max_ratio`` of standard NS's FLOPs with
+    the safe restarts of its compute dtype (aspect n/m ≳ 2.3 in bf16, ≳ 1.6 in fp32 for 5 steps),
+    standard NS elsewhere (square matrices). :meth:`choose` names the choice for an m×n matrix."""
+
+    kind = "auto"
+
+    def __init__(self, schedule: str | Schedule = "jordan", steps: int | None = None, *,
+                 dtype: torch.dtype | None = None, eps: float = 1e-7, max_ratio: float = 0.85) -> None:
+        super().__init__(schedule, steps, dtype=dtype, eps=eps)
+        self.max_ratio = float(max_ratio)
+        self.standard = NewtonSchulz(self.schedule, self.steps, dtype=dtype, eps=eps)
+        self.gram = GramNewtonSchulz(self.schedule, self.steps, dtype=dtype, eps=eps)
+
+    def choose(self, m: int, n: int, device: torch.device | str = "cpu") -> NewtonSchulz:
+        """The orthogonalizer an m×n matrix on ``device`` gets (Gram one with fixed dtype/restarts)."""
+        gram = self.gram.for_device(device)
+        if gram_pays(m, n, self.steps, gram.restarts, self.max_ratio):
+            return gram
+        return self.standard
+
+    def __call__(self, G, *, want_spectrum=False, overwrite=False):
+        return self.choose(G.shape[-2], G.shape[-1], G.device)(G, want_spectrum=want_spectrum, overwrite=overwrite)
+
+    def flops(self, m, n):
+        return self.choose(m, n).flops(m, n)
+
+    def matmuls(self):
+        """Products of the standard path (per shape: ``choose(m, n).matmuls()``)."""
+        return self.standard.matmuls()
+
+    def __repr__(self) -> str:
+        return f"AutoNewtonSchulz(schedule={self.schedule.name!r}, steps={self.steps}, max_ratio={self.max_ratio})"
 
 
 class ExactPolar(Orthogonalizer):
@@ -135,6 +238,10 @@ def register_orthogonalizer(kind: str, factory: Callable[..., Orthogonalizer]) -
 
 register_orthogonalizer("ns", lambda schedule="jordan", steps=None, dtype=None, eps=1e-7:
                         NewtonSchulz(schedule, steps, dtype=dtype, eps=eps))
+register_orthogonalizer("gram", lambda schedule="jordan", steps=None, dtype=None, eps=1e-7:
+                        GramNewtonSchulz(schedule, steps, dtype=dtype, eps=eps))
+register_orthogonalizer("auto", lambda schedule="jordan", steps=None, dtype=None, eps=1e-7:
+                        AutoNewtonSchulz(schedule, steps, dtype=dtype, eps=eps))
 register_orthogonalizer("exact", lambda schedule=None, steps=None, dtype=None, eps=None:
                         ExactPolar(dtype=dtype or torch.float64))
 
@@ -142,7 +249,7 @@ register_orthogonalizer("exact", lambda schedule=None, steps=None, dtype=None, e
 def make_orthogonalizer(kind: str | Orthogonalizer = "ns", *, schedule: str | Schedule = "jordan",
                         steps: int | None = None, dtype: torch.dtype | None = None,
                         eps: float = 1e-7) -> Orthogonalizer:
-    """Build an orthogonalizer from a kind name ("ns", "exact", or a registered one)."""
+    """Build an orthogonalizer from a kind name ("ns", "gram", "auto", "exact", or a registered one)."""
     if isinstance(kind, Orthogonalizer):
         return kind
     if kind not in _FACTORIES:
