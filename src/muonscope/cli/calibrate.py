@@ -85,8 +85,12 @@ def calibrate_summarize(
         fail(f"{path} not found: run `muonscope calibrate run -o {out}` first")
     try:
         df = pd.read_csv(path)
+        missing = [c for c in ("method", "preset", "seed", "final_val_loss") if c not in df.columns]
+        if missing:
+            fail(f"{path} is not a calibration table from `muonscope calibrate run` (no column "
+                 f"{', '.join(missing)})")
         cal = calibrate(df, preset)
-    except (ValueError, KeyError, TypeError, UnicodeDecodeError, pd.errors.ParserError) as exc:
+    except (ValueError, KeyError, TypeError, AttributeError, UnicodeDecodeError, pd.errors.ParserError) as exc:
         if isinstance(exc, MuonscopeError):
             raise
         fail(f"{path} is not a calibration table from `muonscope calibrate run` ({type(exc).__name__}: "

@@ -331,8 +331,8 @@ def plan_cmd(
     if out is not None:
         for size in sizes:
             check_file_target(_plan_dest(out, size, len(sizes)), "--out")
-    laws = load_laws(laws_path)
     names = read_names(names_from) if names_from is not None else None
+    laws = load_laws(laws_path)
     for size in sizes:
         plan = make_plan(laws, size, level=level, names=names, max_steps=max_steps, criterion=crit)
         console.print(plan_table(plan))

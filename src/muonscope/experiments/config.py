@@ -109,6 +109,10 @@ class TrainConfig:
         if not qs or len(qs) > 1000:
             raise ConfigError(f"quantiles must list 1 to 1000 levels, got {len(qs)}")
         self.quantiles = tuple(V.real("quantiles", q, low=0.0, high=1.0, low_open=True) for q in qs)
+        if self.monitor_spectrum not in ("svd", "gram"):
+            raise ConfigError(f"monitor_spectrum must be 'svd' or 'gram', got {self.monitor_spectrum!r}")
+        if self.hybrid_correction not in ("bottom", "exact"):
+            raise ConfigError(f"hybrid_correction must be 'bottom' or 'exact', got {self.hybrid_correction!r}")
         if self.plan is not None and not isinstance(self.plan, dict):
             raise ConfigError(f"plan must be a JSON object (from `muonscope plan`), got {type(self.plan).__name__}")
         if self.adjust_lr_fn not in ADJUST_LR_FNS:

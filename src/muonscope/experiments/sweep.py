@@ -19,6 +19,7 @@ import os
 import time
 from pathlib import Path
 
+from muonscope._atomic import check_dir_target, ensure_dir
 from muonscope._jsonfile import read_json
 from muonscope.errors import ConfigError, StoreError
 from muonscope.experiments.jobs import claim, update_json
@@ -145,7 +146,10 @@ def run_sweep(runs: list[TrainConfig], out_dir: str | os.PathLike, *, progress: 
     if not (isinstance(jobs, int) and jobs >= 1):
         raise ConfigError(f"jobs must be a positive integer, got {jobs!r}")
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    check_dir_target(out, "sweep directory")
+    for corpus in sorted({c.corpus for c in runs}):
+        check_corpus(corpus)  # before anything is created
+    ensure_dir(out)
     _merge_plan(runs, out / MANIFEST)
     if jobs == 1:
         log = console.print if console is not None else (lambda m: None)
@@ -156,6 +160,21 @@ def run_sweep(runs: list[TrainConfig], out_dir: str | os.PathLike, *, progress: 
         with mp.get_context("spawn").Pool(jobs) as pool:
             pool.starmap(_worker, [(runs, str(out), threads, str(device))] * jobs)
     return [summary_row(out / run_name(c)) for c in runs if (out / run_name(c) / "run.json").exists()]
+
+
+def check_corpus(corpus: str) -> None:
+    """Raise :class:`ConfigError` if ``corpus`` names no built-in corpus and no existing text path
+    (cheap: the files are listed, not read)."""
+    from muonscope.experiments.data import shakespeare_files, user_files
+
+    if corpus == "stdlib":
+        return
+    if corpus == "shakespeare":
+        shakespeare_files()
+        return
+    _, files = user_files(Path(corpus).expanduser())
+    if not files:
+        raise ConfigError(f"corpus {corpus!r} holds no text files")
 
 
 def summary_row(run_dir: Path) -> dict:
