@@ -387,7 +387,7 @@ def test_a_1e38_gradient_leaves_parameters_finite_and_is_either_applied_or_count
     else:
         assert torch.isfinite(moved) and moved > 0
     assert opt.stats["huge_momentum"] == 1 and warned  # the momentum holds 5e36: counted, warned
-    for step in range(3):  # later ordinary gradients keep the parameter finite
+    for _ in range(3):  # later ordinary gradients keep the parameter finite
         a.grad = torch.randn(16, 12)
         opt.step()
         assert torch.isfinite(a).all()

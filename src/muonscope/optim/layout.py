@@ -37,10 +37,14 @@ def _shape(t) -> tuple[int, ...]:
     return tuple(int(s) for s in t.shape)
 
 
-def _names(group: Mapping) -> list[str] | None:
+def _names(group: Mapping, where: str = "") -> list[str] | None:
+    """The group's canonical parameter names, None without ``param_names``."""
     names = group.get("param_names")
-    if names is None or len(names) != len(group["params"]) or not all(isinstance(n, str) for n in names):
+    if names is None:
         return None
+    if (not isinstance(names, (list, tuple)) or len(names) != len(group["params"])
+            or not all(isinstance(n, str) for n in names)):
+        raise StateDictMismatchError(f"{where}param_names must list one name per parameter, got {names!r}")
     return [canonical_name(n) for n in names]
 
 
@@ -67,7 +71,7 @@ def align_state_dict(state_dict: Mapping, groups: Sequence[Mapping]) -> dict:
         raise StateDictMismatchError(
             f"loaded state dict has a different number of parameter groups ({len(saved)} saved, "
             f"{len(groups)} here)")
-    saved_names = [_names(g) for g in saved]
+    saved_names = [_names(g, f"saved group {i}: ") for i, g in enumerate(saved)]
     here_names = [_names(g) for g in groups]
     by_name = all(n is not None for n in saved_names) and all(n is not None for n in here_names)
     if by_name:

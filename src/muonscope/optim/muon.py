@@ -56,6 +56,8 @@ MOMENTUM_LIMIT = 1e30  # a momentum norm above this freezes its matrix: NS norma
 NONFINITE_POLICIES = ("raise", "skip")
 OPTION_KEYS = ("lr", "weight_decay", "momentum", "nesterov", "ns_coefficients", "eps", "ns_steps", "adjust_lr_fn",
                "schedule", "orthogonalizer", "momentum_form", "ns_dtype", "split")
+STRUCTURAL_KEYS = ("nesterov", "ns_coefficients", "ns_steps", "adjust_lr_fn", "schedule", "orthogonalizer",
+                   "momentum_form", "ns_dtype", "split")  # re-validated at step() when they change
 FIDELITY_KEYS = ("distortion", "frac_failed", "frac_failed_50", "ns_out_max")  # in stats["layers"] on sampled steps
 __all__ = ["ADJUST_LR_FNS", "DEFAULT_NS_COEFFICIENTS", "FIDELITY_KEYS", "MOMENTUM_FORMS", "Muon",
            "NONFINITE_POLICIES", "lr_ratio", "nonfinite_mask"]
@@ -188,9 +190,12 @@ class Muon(Optimizer):
             raise ConfigError(f"views must map parameter names (or regexes) to matrix views, got {views!r}")
         if not all(isinstance(k, str) for k in (views or {})):
             raise ConfigError(f"views keys must be parameter names or regexes, got {list(views)!r}")
-        for what, seq in (("policies", policies), ("controllers", controllers)):
-            if isinstance(seq, (str, bytes, Mapping)) or not isinstance(seq, Iterable):
-                raise ConfigError(f"{what} must be a list of policies, got {seq!r}")
+        try:
+            if any(isinstance(s, (str, bytes, Mapping, torch.Tensor)) for s in (policies, controllers)):
+                raise TypeError
+            policies, controllers = list(policies), list(controllers)
+        except TypeError:
+            raise ConfigError(f"policies must be a list of policies, got {policies!r}") from None
         self.views = {canonical_name(k): check_view(v) for k, v in (views or {}).items()}
         self._view_cache: dict[str, str] = {}
         self._init_runtime()
@@ -215,6 +220,7 @@ class Muon(Optimizer):
         self._policies: list = []
         self._pending_policy_state: dict = {}
         self._ranks_checked = None  # the parameter layout last found equal on every rank
+        self._validated: dict[int, tuple] = {}  # id(group) -> (group, its options and params as last checked)
         self._warned: set[str] = set()  # parameters warned about a zero or frozen update
         self.stats = {"steps": 0, "skipped_nonfinite": 0, "ns_matmuls": 0, "ns_flops": 0, "layers": {},
                       "matrices": 0, "last_ns_matmuls": 0, "last_ns_flops": 0,
@@ -249,6 +255,8 @@ class Muon(Optimizer):
             V.ns_steps(f"default_steps of schedule {sched.name!r}", sched.default_steps)
         group["ns_dtype"] = _dtype_name(group["ns_dtype"])
         kind = group["orthogonalizer"]
+        if not isinstance(kind, (str, Orthogonalizer)):
+            raise ConfigError(f"orthogonalizer must be a kind name or an Orthogonalizer instance, got {kind!r}")
         if not isinstance(kind, Orthogonalizer):
             make_orthogonalizer(kind, schedule="jordan", steps=1)  # raises ConfigError if unknown
         for ns in (kind, getattr(kind, "bulk", None)):
@@ -256,7 +264,10 @@ class Muon(Optimizer):
                 V.ns_steps("the orthogonalizer's NS steps", ns.steps)
         split = group["split"]
         if split is not None:
-            parts = (split,) if isinstance(split, int) else tuple(split)
+            try:
+                parts = (split,) if isinstance(split, int) else tuple(split)
+            except TypeError:
+                parts = ()
             if not parts or any(isinstance(k, bool) or not isinstance(k, int) or k < 1 or k > V.MAX_COUNT
                                 for k in parts):
                 raise ConfigError(f"split must be a positive int or a list of positive row counts, got {split!r}")
@@ -266,7 +277,7 @@ class Muon(Optimizer):
     def _check_scalars(group: dict) -> None:
         """The numbers a step reads: lr ≥ 0 (a float or 1-element tensor), momentum β ∈ [0, 1),
         weight_decay ≥ 0 with lr·weight_decay ≤ 1 (the decay factor 1 − lr·wd stays in [0, 1]),
-        eps > 0, all finite, and ns_steps None, "adaptive" or an int in [1, MAX_NS_STEPS]. Checked
+        eps ∈ (0, 1], all finite, and ns_steps None, "adaptive" or an int in [1, MAX_NS_STEPS]. Checked
         at construction and again before every step (schedulers and users edit groups); cheap."""
         lr = group["lr"]
         if isinstance(lr, torch.Tensor) and lr.numel() != 1:
@@ -280,12 +291,39 @@ class Muon(Optimizer):
         if lr * wd > 1.0:
             raise ConfigError(f"lr * weight_decay must be <= 1 (weights are scaled by 1 - lr * weight_decay each "
                               f"step), got lr={lr:g}, weight_decay={wd:g}")
-        V.positive("eps", group["eps"])
+        V.real("eps", group["eps"], low=0.0, high=1.0, low_open=True)
         steps = group["ns_steps"]
         if steps is not None and steps != ADAPTIVE:
             if isinstance(steps, bool) or not isinstance(steps, int):
                 raise ConfigError(f"ns_steps must be a positive int, None or 'adaptive', got {steps!r}")
             V.ns_steps("ns_steps", steps)
+
+    def _revalidate(self) -> None:
+        """Check every group before a step: the scalars always (cheap), the other options and
+        the parameter list only when they changed since last checked (then in full, with
+        normalized values written back). Raises before anything is touched."""
+        changed = False
+        for group in self.param_groups:
+            self._check_scalars(group)
+            now = (repr([group.get(k) for k in STRUCTURAL_KEYS]), tuple(map(id, group["params"])))
+            seen = self._validated.get(id(group))
+            if seen is not None and seen[0] is group and seen[1] == now:
+                continue
+            trial = dict(group)
+            self._validate_options(trial)
+            for name, p, g in self.named_params():
+                if g is group:
+                    self._check_param(name, p, trial)
+            for k in STRUCTURAL_KEYS:
+                group[k] = trial[k]
+            changed = True
+        if changed:
+            ids = [id(p) for g in self.param_groups for p in g["params"]]
+            if len(ids) != len(set(ids)):
+                raise ConfigError("a parameter is listed twice in the param groups (it would be updated twice "
+                                  "per step); list each parameter once")
+            self._validated = {id(g): (g, (repr([g.get(k) for k in STRUCTURAL_KEYS]), tuple(map(id, g["params"]))))
+                               for g in self.param_groups}
 
     def add_param_group(self, param_group: dict) -> None:
         self._refuse_duplicates(param_group)
@@ -432,8 +470,7 @@ class Muon(Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        for group in self.param_groups:  # values set on a group since construction
-            self._check_scalars(group)
+        self._revalidate()  # values set on a group since construction, before anything is touched
         ctx = D.DistContext.detect(self._process_group, self._distributed)
         if ctx and not all(getattr(c, "distributed_safe", False) for c in self._policies):
             raise ConfigError("adaptive steps and failed-share-triggered hybrid correction decide from spectra "

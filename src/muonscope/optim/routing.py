@@ -76,7 +76,7 @@ def route(name: str, param: torch.Tensor, owner: nn.Module | None, owner_name: s
 
 
 def check_adamw_options(group: dict, prefix: str = "adamw_") -> None:
-    """AdamW's numbers: lr ≥ 0 (float or 1-element tensor), betas a pair in [0, 1), eps > 0,
+    """AdamW's numbers: lr ∈ [0, MAX_LR] (float or 1-element tensor), betas a pair in [0, 1), eps ∈ (0, 1],
     weight_decay ≥ 0 with lr·weight_decay ≤ 1, all finite (torch's AdamW accepts inf and NaN)."""
     lr = group["lr"]
     if isinstance(lr, torch.Tensor) and lr.numel() != 1:
@@ -92,7 +92,7 @@ def check_adamw_options(group: dict, prefix: str = "adamw_") -> None:
         if isinstance(b, (str, bytes)):
             raise ConfigError(f"{prefix}betas[{i}] must be a number, got {b!r}")
         V.real(f"{prefix}betas[{i}]", b, low=0.0, high=1.0, high_open=True)
-    V.positive(f"{prefix}eps", group["eps"])
+    V.real(f"{prefix}eps", group["eps"], low=0.0, high=1.0, low_open=True)
     wd = V.nonnegative(f"{prefix}weight_decay", group["weight_decay"])
     if lr * wd > 1.0:
         raise ConfigError(f"{prefix}lr * {prefix}weight_decay must be <= 1 (weights are scaled by 1 - lr * "
@@ -352,8 +352,7 @@ class MuonWithAdamW(Optimizer):
         for g in self.adamw.param_groups if self.adamw is not None else ():
             check_adamw_options(g)  # values set on a group since construction; Muon checks its own
         if self.muon is not None:
-            for g in self.muon.param_groups:
-                Muon._check_scalars(g)
+            self.muon._revalidate()
         self._check_ranks()
         hidden = self._adamw_nonfinite()
         if self.muon is not None:

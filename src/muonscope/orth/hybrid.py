@@ -119,7 +119,7 @@ class HybridNS(Orthogonalizer):
         if bound is not None:
             V.real("bound (a failed share; None disables it)", bound, low=0.0, high=1.0, high_open=True)
         V.fraction("rho", rho)
-        V.positive("eps", eps)
+        V.real("eps", eps, low=0.0, high=1.0, low_open=True)
         if steps is not None:
             if isinstance(steps, bool) or not isinstance(steps, int):
                 raise ConfigError(f"steps must be a positive int or None, got {steps!r}")
