@@ -55,7 +55,9 @@ def test_html_report_is_self_contained_and_images_decode(sweep_dir, tmp_path):
             im.verify()
     for heading in ("Scaling laws", "NS recipe", "Spectra during training", "Loss"):
         assert heading in text
-    assert "0.5" in text and "1e+09" in text  # the recipe for the 1e9 target is there
+    assert text.index("<h2>Verdict") < text.index("<h2>Runs")  # the answer comes first
+    assert "Plan for M = 1e9" in text and "Plan for M = 7e10" in text  # the recipe for each target is there
+    assert "<NA>" not in text and "&lt;NA&gt;" not in text
 
 
 def test_markdown_report_and_cli(sweep_dir, tmp_path):

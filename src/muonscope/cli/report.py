@@ -22,16 +22,39 @@ def report(
     rho: float = typer.Option(FAILURE_RHO, "--rho", help="Failure level drawn on the NS maps."),
     criterion: str = typer.Option("calibrated", "--criterion", help="Planner criterion: calibrated, "
                                   "lift-quantile (with --quantile/--rho) or a criterion JSON file."),
+    laws: Path = typer.Option(None, "--laws", help="Laws JSON (from `muonscope fit`) to use instead of fitting "
+                              "the runs' records again (keeps its convergence verdicts)."),
 ) -> None:
-    """Report with spectra during training, power-law fits, the NS recipe and loss curves."""
+    """Report that opens with the verdict (is NS failing, where, what to do, at what cost), then the
+    evidence: spectra during training, NS fidelity, power-law fits, the NS recipe and loss curves."""
     from muonscope.cli._checks import report_args
     from muonscope.cli.laws import load_criterion
+    from muonscope.laws.fit import Laws
     from muonscope.report.build import build_report
 
     sizes = report_args(out, fmt, targets, quantile, rho)  # everything checked before any output
-    path = build_report(runs, out, fmt=fmt, targets=sizes, quantile=quantile, rho=rho,
-                        criterion=load_criterion(criterion, quantile, rho))
+    crit = load_criterion(criterion, quantile, rho)
+    fitted = Laws.load(laws) if laws is not None else None
+    with report_progress() as progress:
+        path = build_report(runs, out, fmt=fmt, targets=sizes, quantile=quantile, rho=rho, criterion=crit,
+                            laws=fitted, progress=progress)
     console.print(f"wrote {path}")
+
+
+@contextmanager
+def report_progress():
+    """A rich progress bar over the report's stages; yields the ``progress(stage, done, total)`` callback."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    bar = Progress(TextColumn("[bold]report[/] {task.description}"), BarColumn(), MofNCompleteColumn(),
+                   TimeElapsedColumn(), console=console, transient=True)
+    task = bar.add_task("starting", total=None)
+
+    def progress(stage: str, done: int, total: int) -> None:
+        bar.update(task, description=stage, completed=done, total=total)
+
+    with bar:
+        yield progress
 
 
 @app.command()
