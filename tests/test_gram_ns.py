@@ -11,7 +11,12 @@ from muonscope.optim import Muon
 from muonscope.orth import analysis as A
 from muonscope.orth.gram_ns import check_restarts, default_restarts, gram_newton_schulz
 from muonscope.orth.matrix_ns import newton_schulz
-from muonscope.orth.orthogonalizers import AutoNewtonSchulz, GramNewtonSchulz, NewtonSchulz, make_orthogonalizer
+from muonscope.orth.orthogonalizers import (
+    AutoNewtonSchulz,
+    GramNewtonSchulz,
+    NewtonSchulz,
+    make_orthogonalizer,
+)
 
 SCHEDULES = [("jordan", 5), ("polar-express", 5), ("dion5", 5), ("classical", 5), ("hybrid10", 10), ("jordan", 2)]
 
