@@ -101,6 +101,7 @@ BAD_MUON = [("lr", INF), ("lr", NAN), ("lr", -1e-3), ("lr", torch.tensor(INF)), 
             ("momentum", 1.0), ("momentum", -0.1), ("momentum", NAN), ("eps", 0.0), ("eps", INF), ("eps", -1e-7),
             ("ns_steps", 0), ("ns_steps", 10**9), ("ns_steps", 2.5), ("ns_steps", True), ("ns_steps", "fast"),
             ("ns_coefficients", (INF, 0, 0)), ("ns_coefficients", (1, 2)), ("ns_coefficients", "abc"),
+            ("ns_coefficients", (3.4e38, 0, 0)), ("schedule", {"name": "big", "coefficients": [[1e5, 0, 0]]}),
             ("nesterov", "yes"), ("nesterov", None), ("adjust_lr_fn", "arbitrary"), ("momentum_form", "adam"),
             ("ns_dtype", torch.int32), ("ns_dtype", "floaty"), ("split", 0), ("split", [3, 0]), ("split", 5),
             ("split", True), ("orthogonalizer", "svd"), ("orthogonalizer", [1]), ("schedule", "nope"),
@@ -219,6 +220,12 @@ def test_split_params_with_any_selectors(muon, adamw, head_names):
     assert all(p.ndim >= 2 for _, p in out.muon)
 
 
+@pytest.mark.parametrize("option, value", [("adamw_betas", (0.0, 0)), ("adamw_betas", [0.5, 0.9]),
+                                           ("adamw_lr", torch.tensor(1e-3)), ("adamw_weight_decay", 0)])
+def test_muon_with_adamw_accepts_edge_values_and_stays_finite(option, value):
+    assert _drive_combined(**{option: value}) == "ok"
+
+
 @pytest.mark.parametrize("model", [None, 5, [nn.Linear(2, 2)], "model"])
 def test_split_params_needs_a_module(model):
     with pytest.raises(MuonscopeError):
@@ -260,6 +267,9 @@ def test_plans_load_or_raise_typed_and_never_hang(plan):
     {"params": {"a": {"schedule": 7}}},
     {"params": ["a"]},
     {"format": "muonscope.plan/9"},
+    {"params": torch.tensor([0.1, 0.2])},
+    {"schedules": {"d": {"coefficients": 0.0}}, "default": {"schedule": "d"}},
+    {"schedules": {"d": {"coefficients": [[2e4, 0, 0]]}}, "default": {"schedule": "d"}},
 ])
 def test_bad_plans_are_refused(plan):
     with pytest.raises(MuonscopeError):
@@ -295,7 +305,7 @@ BAD_POLICY = [(AdaptiveSteps, "target_q", 1.5), (AdaptiveSteps, "rho", 2.0), (Ad
               (AdaptiveSteps, "margin", 0.5), (HybridNS, "steps", 10**9), (HybridNS, "fraction", 0.0),
               (HybridNS, "fraction", NAN), (HybridNS, "bound", 1.0), (HybridNS, "rho", INF),
               (HybridNS, "eps", 0.0), (HybridNS, "dtype", torch.int64), (HybridNS, "correction", "top"),
-              (HybridNS, "every", 2.0)]
+              (HybridNS, "every", 2.0), (HybridNS, "schedule", [3.4e38, 0.0, 0.0])]
 
 
 @pytest.mark.parametrize("cls, option, value", BAD_POLICY,

@@ -18,6 +18,7 @@ MAX_NS_STEPS = 100              # Newton-Schulz steps per call (the planner neve
 MAX_COUNT = 1_000_000           # bootstrap draws, sizes, batch sizes and other counts
 MAX_SEED = 2**63 - 1            # what torch.manual_seed accepts
 MAX_THREADS = 1024
+MAX_NS_COEFFICIENT = 1e4        # |a|, |b|, |c| of one NS step (designed schedules stay below 30)
 MAX_LR = 1e6                    # learning rates: an update of that size already swamps any weight
 
 
@@ -96,6 +97,15 @@ def fraction(name: str, value, *, open_ends: bool = True) -> float:
 def learning_rate(name: str, value) -> float:
     """A learning rate in [0, MAX_LR] (a number or a 1-element tensor)."""
     return real(name, value, low=0.0, high=MAX_LR)
+
+
+def ns_coefficients(name: str, coefficients) -> None:
+    """Every (a, b, c) of an NS schedule within ±MAX_NS_COEFFICIENT (larger ones overflow the
+    iteration, in fp16 even when converted)."""
+    for step, abc in enumerate(coefficients):
+        for x in abc:
+            if not abs(float(x)) <= MAX_NS_COEFFICIENT:
+                raise ConfigError(f"{name}: coefficient {x!r} of step {step} exceeds ±{MAX_NS_COEFFICIENT:g}")
 
 
 def steps(name: str, value, *, low: int = 1, high: int = MAX_STEPS) -> int:

@@ -183,6 +183,7 @@ class Muon(Optimizer):
         self.plan: Plan | None = load_plan(plan) if plan is not None else None
         for entry in [*self.plan.params.values(), self.plan.default] if self.plan is not None else ():
             if entry is not None:  # an unknown orthogonalizer kind fails here, not at the first step
+                V.ns_coefficients(f"plan schedule {entry.schedule.name!r}", entry.schedule.coefficients)
                 make_orthogonalizer(entry.orthogonalizer, schedule=entry.schedule, steps=entry.steps)
         self._distributed = distributed
         self._process_group = process_group
@@ -248,11 +249,16 @@ class Muon(Optimizer):
         if len(coeffs) != 3 or not all(math.isfinite(x) for x in coeffs):
             raise ConfigError(f"ns_coefficients must be 3 finite numbers (a, b, c), got {group['ns_coefficients']!r}")
         group["ns_coefficients"] = coeffs
+        V.ns_coefficients("ns_coefficients", [coeffs])
         group["schedule"] = _schedule_value(group["schedule"])
         sched = group["schedule"]
         if sched is not None and group["ns_steps"] in (None, ADAPTIVE):  # its default steps are run
             sched = Schedule.from_dict(sched) if isinstance(sched, dict) else get_schedule(sched)
             V.ns_steps(f"default_steps of schedule {sched.name!r}", sched.default_steps)
+        if group["schedule"] is not None:
+            sched = group["schedule"]
+            sched = Schedule.from_dict(sched) if isinstance(sched, dict) else get_schedule(sched)
+            V.ns_coefficients(f"schedule {sched.name!r}", sched.coefficients)
         group["ns_dtype"] = _dtype_name(group["ns_dtype"])
         kind = group["orthogonalizer"]
         if not isinstance(kind, (str, Orthogonalizer)):
@@ -262,6 +268,7 @@ class Muon(Optimizer):
         for ns in (kind, getattr(kind, "bulk", None)):
             if isinstance(ns, NewtonSchulz):
                 V.ns_steps("the orthogonalizer's NS steps", ns.steps)
+                V.ns_coefficients(f"schedule {ns.schedule.name!r}", ns.schedule.coefficients)
         split = group["split"]
         if split is not None:
             try:
@@ -523,8 +530,8 @@ class Muon(Optimizer):
         upd = torch._foreach_norm([w.update for w in works])
         mom = torch._foreach_norm([w.momentum if w.momentum is not None else w.materialize() for w in works])
         dev = upd[0].device
-        u_norm = torch.stack([u.float().to(dev) for u in upd])
-        m_norm = torch.stack([m.float().to(dev) for m in mom])
+        u_norm, m_norm = (torch.stack(n).float() if all(x.device == dev for x in n)  # stack promotes dtypes
+                          else torch.stack([x.float().to(dev) for x in n]) for n in (upd, mom))
         flags = torch.stack([(u_norm == 0) & (m_norm > 0), ~torch.isfinite(u_norm),
                              ~(m_norm <= MOMENTUM_LIMIT)])
         if not bool(flags.any()):

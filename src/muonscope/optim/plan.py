@@ -104,7 +104,8 @@ def load_plan(plan) -> Plan:
     if fmt != PLAN_FORMAT:
         raise ConfigError(f"unsupported plan format {fmt!r}; expected {PLAN_FORMAT!r}")
 
-    raw_schedules = plan.get("schedules", {}) or {}
+    raw_schedules = plan.get("schedules")
+    raw_schedules = {} if raw_schedules is None else raw_schedules
     if not isinstance(raw_schedules, Mapping):
         raise ConfigError("plan 'schedules' must map names to schedule objects")
     schedules: dict[str, Schedule] = {}
@@ -116,7 +117,8 @@ def load_plan(plan) -> Plan:
         except (MuonscopeError, TypeError, ValueError) as exc:
             raise ConfigError(f"plan schedule {key!r}: {exc}") from exc
 
-    params = plan.get("params", {}) or {}
+    params = plan.get("params")
+    params = {} if params is None else params
     if not isinstance(params, Mapping):
         raise ConfigError("plan 'params' must map parameter names to configs")
     entries = {}

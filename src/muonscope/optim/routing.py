@@ -92,6 +92,8 @@ def check_adamw_options(group: dict, prefix: str = "adamw_") -> None:
         if isinstance(b, (str, bytes)):
             raise ConfigError(f"{prefix}betas[{i}] must be a number, got {b!r}")
         V.real(f"{prefix}betas[{i}]", b, low=0.0, high=1.0, high_open=True)
+    if not any(isinstance(b, torch.Tensor) for b in betas):
+        group["betas"] = tuple(float(b) for b in betas)  # torch's AdamW wants both floats (or both tensors)
     V.real(f"{prefix}eps", group["eps"], low=0.0, high=1.0, low_open=True)
     wd = V.nonnegative(f"{prefix}weight_decay", group["weight_decay"])
     if lr * wd > 1.0:
@@ -200,10 +202,14 @@ class MuonWithAdamW(Optimizer):
             raise ConfigError(f"nonfinite must be one of {NONFINITE_POLICIES}, got {nonfinite!r}")
         adamw_defaults = dict(lr=adamw_lr, betas=adamw_betas, eps=adamw_eps, weight_decay=adamw_weight_decay)
         check_adamw_options(adamw_defaults)
+        adamw_betas = adamw_defaults["betas"]
         muon_groups, adamw_groups = self._groups(model_or_groups, muon_params, adamw_params)
         _refuse_shared(muon_groups, adamw_groups)
         for g in adamw_groups:
-            check_adamw_options({**adamw_defaults, **{k: v for k, v in g.items() if k in adamw_defaults}})
+            options = {**adamw_defaults, **{k: v for k, v in g.items() if k in adamw_defaults}}
+            check_adamw_options(options)
+            if "betas" in g:
+                g["betas"] = options["betas"]
         if isinstance(model_or_groups, nn.Module):
             muon_options["views"] = {**infer_views(model_or_groups), **(muon_options.get("views") or {})}
         self.nonfinite = nonfinite
@@ -284,7 +290,10 @@ class MuonWithAdamW(Optimizer):
         _refuse_shared([*current[:len(self.muon.param_groups) if self.muon else 0], *mine],
                        [*current[len(self.muon.param_groups) if self.muon else 0:], *others])
         if not use_muon:
-            check_adamw_options({**self.adamw.defaults, **param_group})
+            options = {**self.adamw.defaults, **param_group}
+            check_adamw_options(options)
+            if "betas" in param_group:
+                param_group["betas"] = options["betas"]
         target.add_param_group(param_group)
         target.param_groups[-1]["use_muon"] = use_muon
 

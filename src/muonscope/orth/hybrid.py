@@ -128,6 +128,7 @@ class HybridNS(Orthogonalizer):
             raise ConfigError(f"dtype must be a floating torch dtype or None, got {dtype!r}")
         self.bulk = NewtonSchulz(schedule, steps, dtype=dtype, eps=eps)
         V.ns_steps("steps (the schedule's default_steps)", self.bulk.steps)
+        V.ns_coefficients(f"schedule {self.bulk.schedule.name!r}", self.bulk.schedule.coefficients)
         self.correction, self.fraction = correction, float(fraction)
         self.every, self.bound, self.rho = every, (None if bound is None else float(bound)), float(rho)
         self._exact = ExactPolar()
