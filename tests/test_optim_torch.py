@@ -171,3 +171,19 @@ def test_schedulers_hooks_and_param_groups():
     extra.weight.grad = torch.ones(4, 4)
     opt.zero_grad()
     assert extra.weight.grad is None
+
+
+@pytest.mark.parametrize("fast", [True, False])
+def test_out_of_the_box_dtype_follows_the_bf16_probe(monkeypatch, fast):
+    """Default ns_dtype: bf16 (torch.optim.Muon's, bit-identical) where bf16 GEMM is fast, else fp32.
+    The probe's answer is injected, so the test does not depend on this machine's CPU."""
+    from muonscope.orth import matrix_ns
+
+    monkeypatch.delenv(matrix_ns.NS_DTYPE_ENV, raising=False)
+    monkeypatch.setattr(matrix_ns, "cpu_bf16_fast", lambda: fast)
+    kwargs = dict(lr=0.02, weight_decay=0.1)
+    ours, theirs = _run(Muon, kwargs), _run(torch.optim.Muon, kwargs)
+    fp32 = _run(Muon, {**kwargs, "ns_dtype": torch.float32})
+    for a, b, c in zip(ours, theirs, fp32, strict=True):
+        torch.testing.assert_close(a, b if fast else c, rtol=0, atol=0)
+    assert not torch.equal(ours[0], fp32[0] if fast else theirs[0])
