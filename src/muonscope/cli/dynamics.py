@@ -296,7 +296,7 @@ def dynamics_weight_decay(
     _dims(blocks=blocks, block_size=block_size, measurements=measurements)
     lr = V.positive("--lr", lr)
     threshold = V.real("--threshold", threshold, low=0.0, high=1.0, low_open=True)
-    lams = DEFAULT_LAMBDAS if lambdas is None else tuple(number_list(lambdas, "--lambdas", V.positive))
+    lams = DEFAULT_LAMBDAS if lambdas is None else tuple(csv_list(lambdas, float, option="--lambdas"))
     cfg = WeightDecayConfig(lambdas=lams, modes=tuple(csv_list(modes)), seeds=tuple(range(seeds)), steps=steps,
                             lr=lr, track_every=track_every, blocks=blocks, block_size=block_size,
                             measurements=measurements, threshold=threshold)  # validates before anything is written
