@@ -247,9 +247,11 @@ def _verdict_section(v: Verdict, laws, fit_note: str, workdir: Path) -> Section:
                             "orthogonalizer needs to lift them, and every failed share here excludes them."))
     if len(v.predictions):
         parts = []
+        n_types = v.predictions["layer_type"].nunique()
         for m in v.sizes[1:] if v.now_size is not None else v.sizes:
             f, r = v.failing_at(m), v.failing_at(m, "at risk")
-            parts.append(f"{fmt_size(m)}: {', '.join(f) or 'none'}" + (f" (at risk: {', '.join(r)})" if r else ""))
+            names = "all layer types" if len(f) == n_types > 1 else ", ".join(f) or "none"
+            parts.append(f"{fmt_size(m)}: {names}" + (f" (at risk: {', '.join(r)})" if r else ""))
         sec.bullets.append((f"Failing at target sizes (with {conf}):",
                             f"{'; '.join(parts)}. A layer fails when its predicted s_{q_t:g} < τ, i.e. "
                             f"≥ {1 - q_t:.0%} of its directions are lifted to < {v.rho:g}; at risk when only the "
@@ -281,18 +283,21 @@ def _verdict_section(v: Verdict, laws, fit_note: str, workdir: Path) -> Section:
         sec.figures.append((F.plot_verdict(laws, q=q_t, tau=v.tau, sizes=v.sizes, path=workdir / "verdict.png",
                                            tau_label=conf.replace(" × ", " x")),
                             f"Predicted s_{q_t:g} per layer type and depth against model size, with τ of {conf}"))
-        sec.details.append((_depth_table(v), f"By depth: predicted s_{q_t:g} (point [95 % lower]) and share of "
-                            f"directions below τ at each size, crossing size M*"))
+        sec.details.append((_depth_table(v), f"By depth: predicted s_{q_t:g} (point [95 % lower]) · share of "
+                            f"directions below τ at each size (the spectrum beyond s_{q_t:g} continued along its "
+                            f"last slope: it does not see the few weakest directions that fail now), and the size "
+                            f"M* where s_{q_t:g} meets τ"))
     if len(v.nulls):
-        sec.details.append((v.nulls.rename(columns={"of": "matrices of type", "per_matrix": "null per matrix",
-                                                    "s_lo": "s min", "s_hi": "s max"}),
-                            "Structural null directions by layer type, with the explanation"))
+        sec.details.append((v.nulls.drop(columns=["explanation"]).rename(columns={
+            "layer_type": "layer", "matrices": "matrices with nulls", "of": "matrices of the type",
+            "per_matrix": "null directions per matrix", "s_lo": "smallest s", "s_hi": "largest s"}),
+            "Structural null directions by layer type (s: the null direction's normalized singular value)"))
     if len(v.now_by_size):
         t = v.now_by_size.pivot_table(index="layer_type", columns="model_params", values="failed")
         t = t.loc[[x for x in F.LAYER_ORDER if x in t.index]]
         t = t.map(lambda x: Cell(fmt_share(x)))
         t.columns = [f"M = {fmt_size(c)}" for c in t.columns]
-        sec.details.append((t.reset_index(), "Failed share now (non-null, last quarter of training) at every "
+        sec.details.append((t.reset_index().rename(columns={"layer_type": "layer"}), "Failed share now (non-null, last quarter of training) at every "
                             "measured size"))
     return sec
 
@@ -329,8 +334,9 @@ def _verdict_table(v: Verdict) -> pd.DataFrame:
             c = cross[cross["layer_type"] == lt]
             if len(c):
                 w = c.loc[c["m_star"].idxmin()]
-                row[f"≥ {1 - q_t:.0%} fail from M ≈"] = ("never (α ≤ 0)" if not math.isfinite(w.m_star)
-                                         else f"{fmt_size(w.m_star)} (depth {w.rel_depth:g})")
+                row[f"≥ {1 - q_t:.0%} fail from M ≈"] = ("never (α ≤ 0)" if not math.isfinite(w.m_star) else
+                                                        "> 1e15" if w.m_star > 1e15 else
+                                                        f"{fmt_size(w.m_star)} (depth {w.rel_depth:g})")
         for m in v.sizes:
             label = f"{fmt_size(m)}{' now' if m == v.now_size else ''}"
             st = v.status(lt, m)
@@ -355,7 +361,8 @@ def _depth_table(v: Verdict) -> pd.DataFrame:
             row[fmt_size(r.size)] = Cell(f"{_sci(r.s_point)} [{_sci(r.s_low)}] · {fmt_share(r.failed_point)}",
                                          _STATUS_CLS.get(r.status, ""))
         c = v.crossings[(v.crossings["layer_type"] == lt) & np.isclose(v.crossings["rel_depth"], d)]
-        row["M*"] = float(c["m_star"].iloc[0]) if len(c) else float("nan")
+        m_star = float(c["m_star"].iloc[0]) if len(c) else float("nan")
+        row["M*"] = "> 1e15" if m_star > 1e15 else m_star
         rows.append(row)
     out = pd.DataFrame(rows)
     order = {t: i for i, t in enumerate(F.LAYER_ORDER)}
@@ -463,20 +470,23 @@ def _recipe_section(laws, v: Verdict | None, rho: float, workdir: Path) -> Secti
     configured = (v.schedule, v.steps) if v is not None else ("jordan", 5)
     configs = [("polar-express", 5), ("jordan", 8)]
     sec = Section("NS recipe", "")
+    criterion_text = ""
     for m, plan in (v.plans.items() if v is not None else ()):
         tab = plan.table()
         tab = tab[tab["rel_depth"].notna()] if tab["rel_depth"].notna().any() else tab
         keep = [c for c in ("layer_type", "rel_depth", "alpha", "s_pred", "s_low", "schedule", "steps", "matmuls",
                             "tau", "stat", "bound") if c in tab and not tab[c].isna().all()]
         sec.details.append((tab[keep].reset_index(drop=True),
-                            f"Plan for M = {fmt_size(m)}{' (now)' if m == v.now_size else ''}: per layer type and "
-                            f"depth ({plan.criterion.describe()}; pessimistic 95 % lower predictions)"))
+                            f"Plan for M = {fmt_size(m)}{' (now)' if m == v.now_size else ''}, per layer type and depth"))
+        criterion_text = plan.criterion.describe()
         for c in plan.by_type.values():
             if not c.exact and (c.schedule.name, c.steps) not in {(getattr(s, 'name', s), k) for s, k in configs}:
                 configs.append((c.schedule, c.steps))
     fig = F.plot_ns_maps(configs, rho=rho, path=workdir / "ns_maps.png", configured=configured)
     sec.text = (f"The composed NS maps with their thresholds τ_{rho:g}: the configured one, two stronger built-in "
-                "ones and every configuration the planner picks in the verdict. The full plans are folded below.")
+                "ones and every configuration the planner picks in the verdict. The full plans are folded below"
+                + (f" (criterion {criterion_text}, evaluated on the pessimistic 95 % lower predictions)."
+                   if criterion_text else "."))
     sec.figures.append((fig, "NS scalar maps"))
     return sec
 
@@ -507,7 +517,7 @@ img{max-width:100%;height:auto;border:1px solid #eee;box-sizing:border-box}figur
 .caption{font-size:.9em;color:#444;margin:.2em 0}.note{font-size:.82em;color:#555;margin:.2em 0}
 ul.verdict{margin:.3em 0 .6em;padding-left:1.2em;font-size:.92em}ul.verdict li{margin:.15em 0}
 details{margin:.3em 0 .8em}summary{cursor:pointer;color:#235;font-size:.9em}
-td,th,li,p{overflow-wrap:anywhere}"""
+li,p,summary{overflow-wrap:anywhere}"""
 
 
 def _section_html(s: Section, embed: Callable[[Path], str]) -> str:
