@@ -102,6 +102,9 @@ BAD_MUON = [("lr", INF), ("lr", NAN), ("lr", -1e-3), ("lr", torch.tensor(INF)), 
             ("ns_steps", 0), ("ns_steps", 10**9), ("ns_steps", 2.5), ("ns_steps", True), ("ns_steps", "fast"),
             ("ns_coefficients", (INF, 0, 0)), ("ns_coefficients", (1, 2)), ("ns_coefficients", "abc"),
             ("ns_coefficients", (3.4e38, 0, 0)), ("schedule", {"name": "big", "coefficients": [[1e5, 0, 0]]}),
+            ("schedule", {"name": "s", "coefficients": [[3, -3, 1]], "default_steps": INF}),
+            ("schedule", {"name": "s", "coefficients": 0.0}), ("schedule", {"name": "s", "coefficients": [[3, -3, 1]],
+                                                                           "default_steps": 10**9}),
             ("nesterov", "yes"), ("nesterov", None), ("adjust_lr_fn", "arbitrary"), ("momentum_form", "adam"),
             ("ns_dtype", torch.int32), ("ns_dtype", "floaty"), ("split", 0), ("split", [3, 0]), ("split", 5),
             ("split", True), ("orthogonalizer", "svd"), ("orthogonalizer", [1]), ("schedule", "nope"),
@@ -270,6 +273,7 @@ def test_plans_load_or_raise_typed_and_never_hang(plan):
     {"params": torch.tensor([0.1, 0.2])},
     {"schedules": {"d": {"coefficients": 0.0}}, "default": {"schedule": "d"}},
     {"schedules": {"d": {"coefficients": [[2e4, 0, 0]]}}, "default": {"schedule": "d"}},
+    {"schedules": {"d": {"coefficients": [[3, -3, 1]], "default_steps": INF}}},
 ])
 def test_bad_plans_are_refused(plan):
     with pytest.raises(MuonscopeError):

@@ -188,6 +188,16 @@ def _mismatch_worker(rank, world, port, out):
         opt, params = _mismatched("none", rank)
         opt.step()
         res["after"] = [p.detach().tolist() for p in params]
+        if rank == 1:  # a group added on one rank only: found on the next step
+            opt.add_param_group({"params": [("late", nn.Parameter(torch.zeros(4, 4)))]})
+        for p in params:
+            p.grad = torch.ones(p.shape)
+        try:
+            opt.step()
+            res["added_later"] = ["no error", "", True]
+        except Exception as exc:  # noqa: BLE001
+            res["added_later"] = [type(exc).__name__, str(exc), all(torch.equal(torch.tensor(a), p)
+                                                                   for a, p in zip(res["after"], params, strict=True))]
         with open(out, "w") as f:
             json.dump(res, f)
     finally:
@@ -250,8 +260,9 @@ def test_two_gloo_processes_match_one(tmp_path):
 
 
 def test_mismatched_ranks_raise_the_same_error_on_every_rank(tmp_path):
-    """Shape, dtype, an extra Muon parameter, an extra AdamW parameter: both ranks raise the same
-    DistributedMismatchError before any update (bounded: each process is joined with a timeout)."""
+    """Shape, dtype, an extra Muon parameter, an extra AdamW parameter, a group added later on one
+    rank: both ranks raise the same DistributedMismatchError before any update (bounded: each
+    process is joined with a timeout)."""
     world, port = 2, _free_port()
     outs = [tmp_path / f"rank{r}.json" for r in range(world)]
     env = dict(os.environ, OMP_NUM_THREADS="1")
@@ -268,7 +279,8 @@ def test_mismatched_ranks_raise_the_same_error_on_every_rank(tmp_path):
                 q.kill()
     assert all(p.returncode == 0 for p in procs), "\n".join(logs)
     r0, r1 = (json.loads(o.read_text()) for o in outs)
-    for case, where in (("shape", "'w1'"), ("extra", "'w2'"), ("dtype", "float64"), ("adamw_extra", "'b1'")):
+    for case, where in (("shape", "'w1'"), ("extra", "'w2'"), ("dtype", "float64"), ("adamw_extra", "'b1'"),
+                        ("added_later", "'late'")):
         assert r0[case] == r1[case], case  # same type, same message, both untouched
         kind, message, untouched = r0[case]
         assert kind == DistributedMismatchError.__name__, (case, message)

@@ -4,10 +4,10 @@ Every rank holds the full momentum (gradients are identical across ranks after d
 all-reduce), so only the orthogonalization is sharded: matrices are assigned to ranks by a
 deterministic longest-processing-time rule on their FLOPs (largest first, to the least-loaded
 rank, ties to the lower index), each rank orthogonalizes its share, and one all-gather per dtype
-hands every rank every update. Before the first sharded step (and whenever the parameters change)
-the ranks compare their parameter layouts (:func:`check_same_layout`), so a mismatch raises the
-same :class:`~muonscope.errors.DistributedMismatchError` everywhere instead of hanging or crashing
-in a collective. Parameters that are DTensors (FSDP2 shards) are gathered to the full
+hands every rank every update. Before each sharded step the ranks compare a hash of their
+parameter layouts (:func:`check_same_layout`; the layout itself is recomputed only when the
+parameters change), so a mismatch raises the same :class:`~muonscope.errors.DistributedMismatchError`
+everywhere instead of hanging or crashing in a collective. Parameters that are DTensors (FSDP2 shards) are gathered to the full
 matrix for NS and the update re-sharded to the local shard without further communication.
 """
 
@@ -172,23 +172,31 @@ def layout_mismatch(rows_by_rank: Sequence[Sequence[tuple]]) -> str | None:
     return None
 
 
-def check_same_layout(rows: Sequence[tuple], ctx: DistContext) -> None:
+def layout_digest(rows: Sequence[tuple]) -> int:
+    """A 64-bit content hash of layout rows (equal on every process for equal rows)."""
+    text = repr([tuple(r) for r in rows]).encode()
+    return int.from_bytes(hashlib.sha256(text).digest()[:8], "little", signed=True)
+
+
+def check_same_layout(rows: Sequence[tuple], ctx: DistContext, digest: int | None = None) -> None:
     """Raise :class:`DistributedMismatchError` on every rank when ranks hold different layout rows.
 
     One all-gather of a fixed-size (hash, count) tensor, so ranks with different parameters still
-    meet in the same collective; only when the hashes differ do the ranks exchange their rows
+    meet in the same collective (cheap enough for every step: a change on one rank alone is seen
+    on the next one); only when the hashes differ do the ranks exchange their rows
     (``all_gather_object``) to name the first difference. Every rank decides from the same
-    gathered data, so all raise, or none does.
+    gathered data, so all raise, or none does. ``digest``: :func:`layout_digest` of ``rows``.
     """
-    rows = [tuple(r) for r in rows]
-    digest = int.from_bytes(hashlib.sha256(repr(rows).encode()).digest()[:8], "little", signed=True)
+    digest = layout_digest(rows) if digest is None else digest
     backend = dist.get_backend(ctx.group)
     device = torch.device("cuda", torch.cuda.current_device()) if backend == "nccl" else torch.device("cpu")
     mine = torch.tensor([digest, len(rows)], dtype=torch.int64, device=device)
     everyone = [torch.empty_like(mine) for _ in range(ctx.world)]
     dist.all_gather(everyone, mine, group=ctx.group)
-    if all(torch.equal(t, everyone[0]) for t in everyone):
+    gathered = torch.stack(everyone).tolist()
+    if all(g == gathered[0] for g in gathered):
         return
+    rows = [tuple(r) for r in rows]
     rows_by_rank: list = [None] * ctx.world
     dist.all_gather_object(rows_by_rank, rows, group=ctx.group)
     message = layout_mismatch(rows_by_rank) or "the optimizer's parameters differ across ranks (same rows, hash differs)"

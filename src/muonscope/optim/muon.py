@@ -133,7 +133,20 @@ class Muon(Optimizer):
         distributed: None (auto: shard when a process group with > 1 rank is initialized),
             True or False. ``process_group``: the group to shard over (default: WORLD).
             Gradients must already agree across ranks (data-parallel all-reduce); register the
-            same hooks on every rank (with DTensor parameters they trigger collectives).
+            same hooks on every rank (with DTensor parameters they trigger collectives). On the
+            first step, and whenever the parameters change, the ranks compare names, shapes,
+            dtypes, views and groups; a difference raises the same ``DistributedMismatchError``
+            on every rank.
+
+    Numeric options are validated at construction and again before every step (values set on a
+    group later, e.g. by a scheduler): lr ∈ [0, 1e6] (float or 1-element tensor), momentum ∈
+    [0, 1), weight_decay ≥ 0 with lr·weight_decay ≤ 1, eps ∈ (0, 1], ns_steps ≤ 100, NS
+    coefficients within ±1e4, all finite (``ConfigError``, a ``ValueError``, before anything is
+    touched). A tensor listed twice is refused. ``stats`` counts matrices whose update was
+    exactly zero although their momentum was not (``zero_updates``: the NS normalization
+    overflowed), whose update was not finite (``nonfinite_updates``: replaced by zeros) or whose
+    momentum norm exceeded 1e30 (``huge_momentum``), in total, on the last step (``last_*``) and
+    per matrix in ``stats["layers"]``; each parameter is warned about once.
     """
 
     def __init__(
@@ -220,7 +233,9 @@ class Muon(Optimizer):
         self._muon_step = 0
         self._policies: list = []
         self._pending_policy_state: dict = {}
-        self._ranks_checked = None  # the parameter layout last found equal on every rank
+        self._ranks_checked = None  # the parameter layout whose signature is in self._layout
+        self._layout: tuple = ([], 0, 0)  # (signature rows, their digest, version)
+        self._layout_verified_for = 0  # a step whose layout a MuonWithAdamW compared already
         self._validated: dict[int, tuple] = {}  # id(group) -> (group, its options and params as last checked)
         self._warned: set[str] = set()  # parameters warned about a zero or frozen update
         self.stats = {"steps": 0, "skipped_nonfinite": 0, "ns_matmuls": 0, "ns_flops": 0, "layers": {},
@@ -250,7 +265,13 @@ class Muon(Optimizer):
             raise ConfigError(f"ns_coefficients must be 3 finite numbers (a, b, c), got {group['ns_coefficients']!r}")
         group["ns_coefficients"] = coeffs
         V.ns_coefficients("ns_coefficients", [coeffs])
-        group["schedule"] = _schedule_value(group["schedule"])
+        try:
+            group["schedule"] = _schedule_value(group["schedule"])
+        except MuonscopeError:
+            raise
+        except (TypeError, ValueError, ArithmeticError, AttributeError) as exc:
+            raise ConfigError(f"schedule must be a schedule name, a Schedule or its dict, got "
+                              f"{group['schedule']!r}: {exc}") from exc
         sched = group["schedule"]
         if sched is not None and group["ns_steps"] in (None, ADAPTIVE):  # its default steps are run
             sched = Schedule.from_dict(sched) if isinstance(sched, dict) else get_schedule(sched)
@@ -325,6 +346,7 @@ class Muon(Optimizer):
                 group[k] = trial[k]
             changed = True
         if changed:
+            self._ranks_checked = None  # options in the signature (split) may have changed
             ids = [id(p) for g in self.param_groups for p in g["params"]]
             if len(ids) != len(set(ids)):
                 raise ConfigError("a parameter is listed twice in the param groups (it would be updated twice "
@@ -510,13 +532,24 @@ class Muon(Optimizer):
         return ctx.world, tuple(id(p) for g in self.param_groups for p in g["params"])
 
     def check_ranks(self, ctx) -> None:
-        """Compare :meth:`signature` across the ranks of ``ctx`` on the first step and whenever
-        the parameters change: :class:`~muonscope.errors.DistributedMismatchError` on every rank
-        alike when they differ, before any collective that could hang or crash on the mismatch."""
+        """Compare :meth:`signature` across the ranks of ``ctx`` (a 16-byte hash per step; the
+        signature is rebuilt only when the parameters or group options change here):
+        :class:`~muonscope.errors.DistributedMismatchError` on every rank alike when they differ,
+        before any collective that could hang or crash on the mismatch."""
+        if self._layout_verified_for == self._muon_step + 1:
+            return  # a MuonWithAdamW compared this step's whole layout already
+        rows, digest, _ = self.layout(ctx)
+        D.check_same_layout(rows, ctx, digest)
+
+    def layout(self, ctx) -> tuple[list[tuple], int, int]:
+        """(:meth:`signature`, its digest, a version that grows whenever it is rebuilt), rebuilt
+        only when the parameters or group options changed."""
         key = self.layout_key(ctx)
         if key != self._ranks_checked:
-            D.check_same_layout(self.signature(), ctx)
+            rows = self.signature()
+            self._layout = (rows, D.layout_digest(rows), self._layout[2] + 1)
             self._ranks_checked = key
+        return self._layout
 
     def _screen_updates(self, works: list[F.Work]) -> None:
         """Find matrices whose update is exactly zero although their momentum is not (NS

@@ -73,7 +73,7 @@ def _entry(where: str, entry, schedules: Mapping[str, Schedule]) -> ParamPlan:
         if isinstance(exc, ConfigError):
             raise
         raise ConfigError(f"plan {where}: {exc}; define it under the plan's 'schedules'") from exc
-    except (TypeError, ValueError) as exc:
+    except (TypeError, ValueError, ArithmeticError) as exc:
         raise ConfigError(f"plan {where}: malformed schedule {name!r}: {exc}") from exc
     steps = entry.get("steps", sched.default_steps)
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
@@ -114,7 +114,7 @@ def load_plan(plan) -> Plan:
             raise ConfigError(f"plan schedule {key!r} must be an object with 'coefficients'")
         try:
             schedules[key] = Schedule.from_dict({"name": key, **d})
-        except (MuonscopeError, TypeError, ValueError) as exc:
+        except (MuonscopeError, TypeError, ValueError, ArithmeticError) as exc:
             raise ConfigError(f"plan schedule {key!r}: {exc}") from exc
 
     params = plan.get("params")

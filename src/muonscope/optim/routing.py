@@ -225,6 +225,7 @@ class MuonWithAdamW(Optimizer):
                 g["use_muon"] = flag
         self._adamw_stats = {"adamw_skipped_nonfinite": 0, "last_adamw_skipped_nonfinite": 0}
         self._ranks_checked = None
+        self._layout: tuple = ([], 0)
         self._ready = False
         super().__init__([{"params": []}], dict((self.muon or self.adamw).defaults))
         self._ready = True
@@ -308,24 +309,26 @@ class MuonWithAdamW(Optimizer):
         return D.DistContext.detect(opts._process_group if opts else None, opts._distributed if opts else None)
 
     def _check_ranks(self) -> None:
-        """Compare Muon's and AdamW's parameters across ranks once per layout, before the first
-        collective (see :meth:`Muon.check_ranks`)."""
+        """Compare Muon's and AdamW's parameters across ranks before the first collective of
+        each step, in one exchange (see :meth:`Muon.check_ranks`)."""
         ctx = self._dist_context()
         if not ctx:
             return
+        muon_rows, _, version = self.muon.layout(ctx) if self.muon is not None else ([], 0, 0)
         adamw = [p for g in self.adamw.param_groups for p in g["params"]] if self.adamw is not None else []
-        key = (self.muon.layout_key(ctx) if self.muon is not None else None, tuple(map(id, adamw)))
-        if key == self._ranks_checked:
-            return
-        rows = self.muon.signature() if self.muon is not None else []
-        offset = len(self.muon.param_groups) if self.muon is not None else 0
-        for gi, g in enumerate(self.adamw.param_groups if self.adamw is not None else ()):
-            names = g.get("param_names") or [f"adamw{gi}.param{j}" for j in range(len(g["params"]))]
-            rows += [D.layout_row(offset + gi, n, p, "adamw") for n, p in zip(names, g["params"], strict=True)]
-        D.check_same_layout(rows, ctx)
-        self._ranks_checked = key
+        key = (version, tuple(map(id, adamw)))
+        if key != self._ranks_checked:
+            rows = list(muon_rows)
+            offset = len(self.muon.param_groups) if self.muon is not None else 0
+            for gi, g in enumerate(self.adamw.param_groups if self.adamw is not None else ()):
+                names = g.get("param_names") or [f"adamw{gi}.param{j}" for j in range(len(g["params"]))]
+                rows += [D.layout_row(offset + gi, n, p, "adamw") for n, p in zip(names, g["params"], strict=True)]
+            self._layout = (rows, D.layout_digest(rows))
+            self._ranks_checked = key
+        rows, digest = self._layout
+        D.check_same_layout(rows, ctx, digest)
         if self.muon is not None:
-            self.muon._ranks_checked = key[0]
+            self.muon._layout_verified_for = self.muon._muon_step + 1
 
     def _adamw_nonfinite(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """Check AdamW gradients; on 'skip' return (param, grad) pairs to hide from AdamW."""
@@ -482,7 +485,7 @@ class MuonWithAdamW(Optimizer):
 
     def __getstate__(self) -> dict:
         return {"defaults": self.defaults, "muon": self.muon, "adamw": self.adamw, "nonfinite": self.nonfinite,
-                "_adamw_stats": self._adamw_stats, "_ready": True}
+                "_adamw_stats": self._adamw_stats, "_ready": True, "_ranks_checked": None, "_layout": ([], 0)}
 
     def __setstate__(self, state: dict) -> None:
         super().__setstate__(state)
