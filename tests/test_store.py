@@ -7,7 +7,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from muonscope.errors import StoreError
-from muonscope.spectra.store import RunStore, find_runs, read_runs
+from muonscope.spectra.store import RunLock, RunStore, find_runs, lock_holder, read_runs
 
 
 def _row(step, param="p", value=0.5, **kw):
@@ -113,3 +113,34 @@ def test_several_runs_and_ranks(tmp_path):
     (tmp_path / "hollow").mkdir()
     with pytest.raises(StoreError, match="no run directories"):
         find_runs([tmp_path / "hollow"])
+
+
+def test_run_json_fields_are_type_checked(tmp_path):
+    for field, value, match in (("schema_version", "1", "schema_version must be an integer"),
+                                ("schema_version", 1.5, "schema_version must be an integer"),
+                                ("schema_version", 99, "upgrade muonscope"),
+                                ("model_params", "big", "model_params must be a number"),
+                                ("model_params", -3, "model_params must be an integer >= 1"),
+                                ("seed", "zero", "seed must be an integer"),
+                                ("run_id", 7, "run_id must be a string"),
+                                ("config", [1], "config must be an object")):
+        d = tmp_path / f"{field}-{value}"
+        d.mkdir()
+        meta = {"format": "muonscope.run", "schema_version": 1, "model_params": 10, field: value}
+        (d / "run.json").write_text(json.dumps(meta))
+        with pytest.raises(StoreError, match=match):
+            RunStore.open(d)
+
+
+def test_parts_leave_no_temporary_files_and_lock_is_exclusive(tmp_path):
+    import socket
+
+    with RunLock(tmp_path / "r") as lock:
+        assert lock.held and lock_holder(tmp_path / "r") == f"PID {os.getpid()} on host {socket.gethostname()}"
+        with pytest.raises(StoreError, match=f"is in use by PID {os.getpid()}"):
+            RunLock(tmp_path / "r").acquire()
+        with RunStore.create(tmp_path / "r", {"model_params": 10}) as st:
+            st.log_metrics(1, loss=1.0)
+    assert lock_holder(tmp_path / "r") is None and not (tmp_path / "r" / ".lock").exists()
+    assert [p.name for p in (tmp_path / "r").rglob(".tmp-*")] == []
+    assert list(RunStore.open(tmp_path / "r").metrics().step) == [1]

@@ -210,3 +210,62 @@ def test_gpu_sweep_script_runs_its_code_path_on_cpu(tmp_path):
     assert (tmp_path / "g" / "laws.json").exists() is False  # one size: no fit
     store = RunStore.open(run)
     assert store.meta["steps"] == 4 and len(store.spectra()) and store.meta["device"] == "cpu"
+
+
+def test_non_finite_loss_stops_with_a_typed_error_and_marks_the_run(tmp_path):
+    from muonscope.errors import NonFiniteError
+
+    cfg = TrainConfig(**{**BASE, "optimizer": "adamw", "adamw_lr": 1e6, "warmup_steps": 1})
+    with pytest.raises(NonFiniteError, match="training loss became nan") as exc:
+        train(cfg, tmp_path / "run", progress=False)
+    assert "adamw_lr 1e+06" in str(exc.value) and "\n" not in str(exc.value)
+    meta = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert meta["status"] == "diverged"
+    assert not (tmp_path / "run" / ".lock").exists()  # the lock is released on every exit
+
+
+def test_resume_config_comes_from_the_run_and_names_conflicts(tmp_path):
+    from muonscope.experiments.train import resume_config
+
+    cfg = TrainConfig(**{**BASE, "steps": 12, "batch_size": 4})
+    train(cfg, tmp_path / "run", progress=False)
+    got = resume_config(tmp_path / "run", {"steps": 20})
+    assert got.preset == "tiny" and got.batch_size == 4 and got.steps == 20
+    assert resume_config(tmp_path / "run", {"batch_size": 4}).steps == 12  # repeating a saved value is fine
+    with pytest.raises(ConfigError, match=r"batch_size: 4 -> 8; lr: 0.01 -> 0.1"):
+        resume_config(tmp_path / "run", {"batch_size": 8, "lr": 0.1})
+    with pytest.raises(ConfigError, match=r"steps: 12 -> 5 \(steps may only grow\)"):
+        resume_config(tmp_path / "run", {"steps": 5})
+    with pytest.raises(StoreError, match="holds no run"):
+        resume_config(tmp_path / "nope")
+    # library: resume=True starts a missing run (segment-wise callers); require_run=True refuses it
+    with pytest.raises(StoreError, match="holds no run"):
+        train(cfg, tmp_path / "fresh", resume=True, require_run=True, progress=False)
+    assert not (tmp_path / "fresh").exists()
+
+
+def test_setup_failure_leaves_no_directory(tmp_path):
+    bad_plan = {"format": "muonscope.plan/1", "params": {"blocks.0.attn.q.weight": {"orthogonalizer": "nope"}}}
+    with pytest.raises(ConfigError):
+        train(TrainConfig(**{**BASE, "plan": bad_plan}), tmp_path / "run", progress=False)
+    assert not (tmp_path / "run").exists()
+    # the corrected retry is accepted in the same directory
+    assert train(TrainConfig(**{**BASE, "steps": 3}), tmp_path / "run", progress=False)["status"] == "complete"
+
+
+def test_progress_fields_show_val_loss_and_failed_share():
+    from muonscope.experiments.train import _progress
+
+    assert _progress.fields(2.5, 1000.0, float("nan"), float("nan")) == {"loss": 2.5, "tps": 1000.0, "val": "-",
+                                                                        "failed": "-"}
+    f = _progress.fields(2.5, 1000.0, 2.25, 0.125)
+    assert f["val"] == "2.250" and f["failed"] == "12.5%"
+
+
+@pytest.mark.parametrize("field,value", [("steps", 0), ("steps", 10**12), ("batch_size", 10**8), ("seed", 2**64),
+                                         ("seed", -1), ("lr", float("inf")), ("ns_steps", 10**8), ("momentum", 1.0),
+                                         ("monitor_spectrum", "fft"), ("quantiles", (0.5, 2.0)), ("steps", 5.0),
+                                         ("warmup_steps", -1), ("eval_batches", 0)])
+def test_config_bounds(field, value):
+    with pytest.raises(ConfigError, match=field):
+        TrainConfig(**{**BASE, field: value}).validate()

@@ -7,7 +7,15 @@ from pathlib import Path
 import typer
 
 from muonscope import validate as V
-from muonscope.cli._app import app, console, csv_list, fail, number_list, set_threads, threads_option
+from muonscope.cli._app import (
+    app,
+    console,
+    csv_list,
+    fail,
+    number_list,
+    set_threads,
+    threads_option,
+)
 
 calibrate_app = typer.Typer(help="Calibrate the NS recipe on training loss (oracles, real NS configurations, plans; "
                                    "paired seeds).", no_args_is_help=True)

@@ -136,9 +136,8 @@ def dynamics_nuclear(
     threads: int = typer.Option(1, "--threads"),
 ) -> None:
     """||W_Muon||_* against the minimum-nuclear-norm interpolant (cvxpy)."""
-    from muonscope.experiments.dynamics import nuclear
-
     from muonscope._atomic import created_dirs
+    from muonscope.experiments.dynamics import nuclear
 
     seeds = V.count("--seeds", seeds, low=0, high=MAX_SEEDS)
     steps = V.steps("--steps", steps)
@@ -280,13 +279,12 @@ def dynamics_weight_decay(
     threads: int = typer.Option(1, "--threads"),
 ) -> None:
     """Coupled vs decoupled weight decay under Muon: ATSR against lambda, the phase boundary from the data."""
+    from muonscope._atomic import created_dirs
     from muonscope.experiments.dynamics.weight_decay import (
         DEFAULT_LAMBDAS,
         WeightDecayConfig,
         experiment,
     )
-
-    from muonscope._atomic import created_dirs
 
     if not name or any(c in name for c in "/\\\0") or name.startswith(".") or len(name.encode()) > 200:
         fail(f"--name must be a plain file stem (at most 200 bytes), got {name!r}")

@@ -9,7 +9,16 @@ from rich.table import Table
 
 from muonscope import validate as V
 from muonscope._atomic import atomic_write_with, check_dir_target, check_file_target, created_dirs
-from muonscope.cli._app import app, console, csv_list, fail, fmt_depth, number_list, set_threads, threads_option
+from muonscope.cli._app import (
+    app,
+    console,
+    csv_list,
+    fail,
+    fmt_depth,
+    number_list,
+    set_threads,
+    threads_option,
+)
 from muonscope.conventions import FAILURE_RHO
 from muonscope.errors import ConfigError
 

@@ -68,9 +68,8 @@ def ns(
     table = ns_table(configs, rho, (m, n), band_from)
     console.print(table)
     if plot is not None:
-        from muonscope.report.figures import plot_ns_maps
-
         from muonscope._atomic import atomic_write_with
+        from muonscope.report.figures import plot_ns_maps
 
         atomic_write_with(plot, lambda p: plot_ns_maps(configs, rho=rho[0], path=p))
         console.print(f"wrote {plot}")

@@ -9,7 +9,15 @@ import typer
 from rich.table import Table
 
 from muonscope import validate as V
-from muonscope.cli._app import app, console, csv_list, fail, number_list, set_threads, threads_option
+from muonscope.cli._app import (
+    app,
+    console,
+    csv_list,
+    fail,
+    number_list,
+    set_threads,
+    threads_option,
+)
 from muonscope.experiments.config import (
     MAX_BATCH_SIZE,
     PRESET_NAMES,

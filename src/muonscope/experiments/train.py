@@ -257,8 +257,11 @@ def _loop(cfg, out, store, model, optimizer, corpus, gen, base_lrs, block_size, 
             last_loss = float(loss.detach())
             if not math.isfinite(last_loss):
                 status = "diverged"
-                raise NonFiniteError(f"training loss became {last_loss} at step {step + 1} (lr {cfg.lr:g}); the "
-                                     f"checkpoint holds step {step}: lower --lr and start a new run")
+                where = (f"the last checkpoint holds step {saved_step}" if ckpt_path.exists()
+                         else "no checkpoint was written")
+                lrs = f"adamw_lr {cfg.adamw_lr:g}" if cfg.optimizer == "adamw" else f"lr {cfg.lr:g}, adamw_lr {cfg.adamw_lr:g}"
+                raise NonFiniteError(f"training loss became {last_loss} at step {step + 1} ({lrs}); {where}: "
+                                     "lower the learning rate and start a new run directory")
             loss.backward()
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)

@@ -21,8 +21,8 @@ import fcntl
 import json
 import os
 import platform
-import socket
 import re
+import socket
 import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
