@@ -122,7 +122,7 @@ def laws_from_dict(d: dict):
             runs=list(d.get("runs", [])), quantiles=[float(q) for q in d.get("quantiles", [])],
             settings=dict(d.get("settings", {})), convergence=dict(d.get("convergence", {})),
         )
-    except (KeyError, TypeError, ValueError) as exc:
+    except (KeyError, TypeError, ValueError, AttributeError, IndexError) as exc:
         raise ConfigError(f"malformed laws file: {exc!r}; regenerate it with `muonscope fit`") from exc
 
 
