@@ -341,3 +341,29 @@ def test_errors_are_typed(tmp_path):
                  lambda: RunLock(tmp_path / "f").acquire()):
         with pytest.raises(MuonscopeError):
             call()
+
+
+def test_sigterm_stops_training_like_ctrl_c(tmp_path):
+    """SIGTERM (a scheduler's preemption) saves a checkpoint and exits 130 with the resume hint."""
+    run = tmp_path / "run"
+    cmd = [sys.executable, "-m", "muonscope.cli", "train", "-o", str(run), "--preset", "tiny", "--steps", "100000",
+           "--batch-size", "4", "--checkpoint-every", "1000", "--eval-every", "1000", "--threads", "1"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "OMP_NUM_THREADS": "1", "COLUMNS": "200"})
+    try:
+        deadline = time.monotonic() + 120
+        while not (run / "run.json").exists():
+            assert proc.poll() is None and time.monotonic() < deadline, "training did not start"
+            time.sleep(0.05)
+        time.sleep(1.0)
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, err
+    assert f"muonscope train -o {run} --resume" in " ".join(out.split())
+    step = torch.load(run / CHECKPOINT, weights_only=True)["extra"]["step"]
+    meta = json.loads((run / "run.json").read_text())
+    assert meta["status"] == "interrupted" and meta["steps"] == step >= 1
+    assert not (run / ".lock").exists() and temp_files(run) == []
