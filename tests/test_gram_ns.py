@@ -89,7 +89,7 @@ def test_bf16_default_restarts_keep_standard_accuracy(kind, shape):
     G = G.float()
     std = map_error(newton_schulz(G, "jordan", 5, dtype=torch.bfloat16), U, V, s)
     gram = map_error(gram_newton_schulz(G, "jordan", 5, dtype=torch.bfloat16), U, V, s)
-    # bf16 (8-bit mantissa, u = 2⁻⁹): standard NS itself is off by 3e-2 … 1.6e-1 relative here (the
+    # bf16 (8 significant bits, u = 2⁻⁸): standard NS itself is off by 3e-2 … 1.6e-1 relative here (the
     # small and zero directions carry round-off); Gram NS with restarts after steps 1 and 3 is
     # measured within 2x of it on every spectrum (1.0-2.0x).
     assert gram <= 2.5 * std and gram < 0.25
@@ -114,7 +114,7 @@ def test_fp16_published_restart(kind):
     assert default_restarts(torch.float16, 5) == (2,)
     std = map_error(newton_schulz(G.float(), "jordan", 5, dtype=torch.float16), U, V, s)
     gram = map_error(gram_newton_schulz(G.float(), "jordan", 5, dtype=torch.float16), U, V, s)
-    # fp16 (11-bit mantissa, u = 2⁻¹²): standard 3.6e-3 … 2e-2; the one restart after step 2 keeps
+    # fp16 (11 significant bits, u = 2⁻¹¹): standard 3.6e-3 … 2e-2; the one restart after step 2 keeps
     # Gram NS within 3.5x of it (measured) and below standard bf16's error.
     assert gram <= 4 * std and gram < 0.05
 
