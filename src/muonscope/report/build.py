@@ -277,8 +277,15 @@ def _verdict_section(v: Verdict, laws, fit_note: str, workdir: Path) -> Section:
     sec.notes += [n[0].upper() + n[1:] + "." for n in v.notes]
     for m, msg in v.plan_errors.items():
         sec.notes.append(f"No plan at {fmt_size(m)}: {msg}")
-    for m, msg in v.cost_note.items():
-        sec.notes.append(f"At {fmt_size(m)}: {msg}.")
+    if v.cost_note:
+        counts = sorted({int(msg.split()[0]) for msg in v.cost_note.values()})
+        span = f"{counts[0]}" if len(counts) == 1 else f"{counts[0]}–{counts[-1]}"
+        sizes = ", ".join(fmt_size(m) for m in v.cost_note)
+        sec.notes.append(f"At {sizes} the plan gives {span} matrices the exact polar factor (SVD): no NS FLOP ratio.")
+    unfitted = [t for t in _verdict_types(v) if len(v.predictions) and t not in set(v.predictions["layer_type"])]
+    if unfitted and laws is not None and laws.fits:
+        sec.notes.append(f"No law for {', '.join(unfitted)} (see “Groups not fitted” under Scaling laws): no "
+                         "prediction or plan for them.")
     if laws is not None and laws.fits and len(v.predictions):
         sec.figures.append((F.plot_verdict(laws, q=q_t, tau=v.tau, sizes=v.sizes, path=workdir / "verdict.png",
                                            tau_label=conf.replace(" × ", " x")),
@@ -314,9 +321,14 @@ def _depth_of(v: Verdict, layer_type: str, block: int) -> float:
 _STATUS_CLS = {"fails": "fail", "at risk": "risk", "ok": "ok"}
 
 
+def _verdict_types(v: Verdict) -> list[str]:
+    return [t for t in F.LAYER_ORDER if t in set(v.predictions.get("layer_type", pd.Series(dtype=str)))
+            | set(v.now.get("layer_type", pd.Series(dtype=str)))]
+
+
 def _verdict_table(v: Verdict) -> pd.DataFrame:
-    types = [t for t in F.LAYER_ORDER if t in set(v.predictions.get("layer_type", pd.Series(dtype=str)))
-             | set(v.now.get("layer_type", pd.Series(dtype=str)))]
+    types = _verdict_types(v)
+    fitted = set(v.predictions["layer_type"]) if len(v.predictions) else set()
     tn = v.type_now().set_index("layer_type") if len(v.now) else pd.DataFrame()
     nulls = v.nulls.set_index("layer_type") if len(v.nulls) else pd.DataFrame()
     cross = v.crossings
@@ -341,7 +353,7 @@ def _verdict_table(v: Verdict) -> pd.DataFrame:
             label = f"{fmt_size(m)}{' now' if m == v.now_size else ''}"
             st = v.status(lt, m)
             choice = v.choices.get(m, {}).get(lt)
-            text = f"{st or '?'}: {choice[1]}" if choice else (st or "–")
+            text = f"{st or '?'}: {choice[1]}" if choice else (st or ("no law" if fitted else "–"))
             row[label] = Cell(text, _STATUS_CLS.get(st, ""))
         rows.append(row)
     if v.cost:

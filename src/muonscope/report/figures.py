@@ -81,7 +81,8 @@ def plot_ns_maps(configs, *, rho: float = FAILURE_RHO, path: str | Path, s_min: 
         return other(i % 10)
 
     panels = [("built-in schedules", builtin)] + ([("designed (minimax) schedules", designed)] if designed else [])
-    fig, axes = plt.subplots(1, len(panels), figsize=(6.2 * len(panels), 4.6), dpi=110, squeeze=False, sharey=True)
+    fig, axes = plt.subplots(1, len(panels), figsize=(max(7.0, 6.2 * len(panels)), 4.6), dpi=110, squeeze=False,
+                             sharey=True)
     for ax, (title, group) in zip(axes[0], panels, strict=True):
         shown = list(group)
         if refkey is not None and refkey not in [(g.name, k) for g, k in group]:
@@ -109,8 +110,8 @@ def plot_ns_maps(configs, *, rho: float = FAILURE_RHO, path: str | Path, s_min: 
         ax.legend(fontsize=7, loc="upper left", ncol=2 if len(shown) > 7 else 1)
     axes[0][0].set_ylabel("NS output p(s)  (ideal: 1)")
     axes[0][0].set_ylim(0, 1.6)
-    fig.suptitle(f"Newton-Schulz maps as envelopes (thick: lowest output over the next decade, thin: highest "
-                 f"over the last); dotted: threshold tau_{rho:g}, above it every s maps to >= {rho:g}", fontsize=9)
+    fig.suptitle(f"NS maps p(s): thick = lowest output over the next decade, thin = highest over the last\n"
+                 f"dotted: threshold tau_{rho:g} (every s above it maps to >= {rho:g})", fontsize=9)
     return _save(fig, plt, path)
 
 
@@ -289,6 +290,9 @@ def plot_verdict(laws, *, q: float, tau: float, sizes, path, tau_label: str = ""
     cmap = plt.get_cmap("viridis")
     depths = sorted({f.rel_depth for f in fits if f.rel_depth == f.rel_depth})
     hi_m = max(max(sizes), max(max(f.sizes) for f in fits))
+    grid_all = np.logspace(np.log10(min(min(f.sizes) for f in fits)), np.log10(hi_m), 60)
+    lows = [float(f.band(grid_all)[0].min()) for f in fits]
+    y_lo = max(min([tau, *lows]) / 10, 1e-12)
     for ax, lt in zip(axes, types, strict=True):
         group = sorted((f for f in fits if f.layer_type == lt), key=lambda f: f.rel_depth)
         for f in group:
@@ -307,13 +311,14 @@ def plot_verdict(laws, *, q: float, tau: float, sizes, path, tau_label: str = ""
             ax.axvline(m, color="0.6", lw=0.7, ls=":")
         ax.set_xscale("log")
         ax.set_yscale("log")
+        ax.set_ylim(y_lo, 1.0)
         ax.set_title(f"{lt}", fontsize=10)
         ax.set_xlabel("model size M (non-embedding parameters)", fontsize=8)
         ax.set_ylabel(f"predicted s_{q:g}", fontsize=8)
         ax.grid(True, which="major", alpha=0.25)
     if axes:
         axes[0].legend(fontsize=7, loc="lower left")
-    fig.suptitle(f"Predicted s_{q:g} vs size (dashed: extrapolated; band: 95% prediction interval); "
+    fig.suptitle(f"Predicted s_{q:g} vs size (dashed: extrapolated; band: 95% prediction interval)\n"
                  f"red: tau = {_sci(tau)}{(' of ' + tau_label) if tau_label else ''}; dotted: sizes in the verdict",
                  fontsize=9)
     return _save(fig, plt, path)
