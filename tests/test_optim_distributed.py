@@ -154,6 +154,8 @@ def _mismatched(case, rank):
               for i, (s, dt) in enumerate(zip(shapes, dtypes, strict=True))]
     for _, p in params:
         p.grad = torch.randn(p.shape, generator=g, dtype=p.dtype)
+    if case == "no_grad" and rank == 1:  # the step's collectives would cover other matrices
+        params[1][1].grad = None
     if case == "adamw_extra":  # an extra AdamW bias on rank 1: AdamW's non-finite screen is a collective too
         groups = [{"params": params, "use_muon": True},
                   {"params": [("b0", nn.Parameter(torch.zeros(6)))] + ([("b1", nn.Parameter(torch.zeros(3)))]
@@ -164,7 +166,7 @@ def _mismatched(case, rank):
     return Muon(params, lr=0.02, ns_dtype=torch.float32), [p for _, p in params]
 
 
-MISMATCHES = ("shape", "extra", "dtype", "adamw_extra")
+MISMATCHES = ("shape", "extra", "dtype", "adamw_extra", "no_grad")
 
 
 def _mismatch_worker(rank, world, port, out):
@@ -261,7 +263,7 @@ def test_two_gloo_processes_match_one(tmp_path):
 
 def test_mismatched_ranks_raise_the_same_error_on_every_rank(tmp_path):
     """Shape, dtype, an extra Muon parameter, an extra AdamW parameter, a group added later on one
-    rank: both ranks raise the same DistributedMismatchError before any update (bounded: each
+    rank, a gradient missing on one rank: both ranks raise the same DistributedMismatchError before any update (bounded: each
     process is joined with a timeout)."""
     world, port = 2, _free_port()
     outs = [tmp_path / f"rank{r}.json" for r in range(world)]
@@ -280,7 +282,7 @@ def test_mismatched_ranks_raise_the_same_error_on_every_rank(tmp_path):
     assert all(p.returncode == 0 for p in procs), "\n".join(logs)
     r0, r1 = (json.loads(o.read_text()) for o in outs)
     for case, where in (("shape", "'w1'"), ("extra", "'w2'"), ("dtype", "float64"), ("adamw_extra", "'b1'"),
-                        ("added_later", "'late'")):
+                        ("added_later", "'late'"), ("no_grad", "without a gradient")):
         assert r0[case] == r1[case], case  # same type, same message, both untouched
         kind, message, untouched = r0[case]
         assert kind == DistributedMismatchError.__name__, (case, message)

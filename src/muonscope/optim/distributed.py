@@ -14,6 +14,7 @@ matrix for NS and the update re-sharded to the local shard without further commu
 from __future__ import annotations
 
 import hashlib
+import zlib
 from collections.abc import Sequence
 
 import torch
@@ -149,9 +150,10 @@ def layout_row(group: int, name: str, p: torch.Tensor, view: str, split=None) ->
 def _describe(row) -> str:
     if row is None:
         return "no parameter"
-    group, name, shape, dtype, view, split = row
+    group, name, shape, dtype, view, split, *grad = row
     return (f"{name!r} (group {group}, shape {tuple(shape)}, {dtype}, view {view}"
-            f"{'' if split is None else f', split {split}'})")
+            f"{'' if split is None else f', split {split}'}"
+            f"{'' if not grad else ', with a gradient' if grad[0] else ', without a gradient'})")
 
 
 def layout_mismatch(rows_by_rank: Sequence[Sequence[tuple]]) -> str | None:
@@ -178,25 +180,29 @@ def layout_digest(rows: Sequence[tuple]) -> int:
     return int.from_bytes(hashlib.sha256(text).digest()[:8], "little", signed=True)
 
 
-def check_same_layout(rows: Sequence[tuple], ctx: DistContext, digest: int | None = None) -> None:
+def check_same_layout(rows: Sequence[tuple], ctx: DistContext, digest: int | None = None,
+                      grads: Sequence[bool] | None = None) -> None:
     """Raise :class:`DistributedMismatchError` on every rank when ranks hold different layout rows.
 
     One all-gather of a fixed-size (hash, count) tensor, so ranks with different parameters still
     meet in the same collective (cheap enough for every step: a change on one rank alone is seen
     on the next one); only when the hashes differ do the ranks exchange their rows
     (``all_gather_object``) to name the first difference. Every rank decides from the same
-    gathered data, so all raise, or none does. ``digest``: :func:`layout_digest` of ``rows``.
+    gathered data, so all raise, or none does. ``digest``: :func:`layout_digest` of ``rows``;
+    ``grads``: which of them have a gradient this step (compared too: the step's collectives
+    cover exactly those).
     """
     digest = layout_digest(rows) if digest is None else digest
     backend = dist.get_backend(ctx.group)
     device = torch.device("cuda", torch.cuda.current_device()) if backend == "nccl" else torch.device("cpu")
-    mine = torch.tensor([digest, len(rows)], dtype=torch.int64, device=device)
+    grad_crc = zlib.crc32(bytes(bytearray(map(bool, grads)))) if grads is not None else 0
+    mine = torch.tensor([digest, len(rows), grad_crc], dtype=torch.int64, device=device)
     everyone = [torch.empty_like(mine) for _ in range(ctx.world)]
     dist.all_gather(everyone, mine, group=ctx.group)
     gathered = torch.stack(everyone).tolist()
     if all(g == gathered[0] for g in gathered):
         return
-    rows = [tuple(r) for r in rows]
+    rows = [tuple(r) for r in rows] if grads is None else [(*r, bool(g)) for r, g in zip(rows, grads, strict=True)]
     rows_by_rank: list = [None] * ctx.world
     dist.all_gather_object(rows_by_rank, rows, group=ctx.group)
     message = layout_mismatch(rows_by_rank) or "the optimizer's parameters differ across ranks (same rows, hash differs)"

@@ -539,7 +539,10 @@ class Muon(Optimizer):
         if self._layout_verified_for == self._muon_step + 1:
             return  # a MuonWithAdamW compared this step's whole layout already
         rows, digest, _ = self.layout(ctx)
-        D.check_same_layout(rows, ctx, digest)
+        D.check_same_layout(rows, ctx, digest, self._has_grad())
+
+    def _has_grad(self) -> list[bool]:
+        return [p.grad is not None for g in self.param_groups for p in g["params"]]
 
     def layout(self, ctx) -> tuple[list[tuple], int, int]:
         """(:meth:`signature`, its digest, a version that grows whenever it is rebuilt), rebuilt

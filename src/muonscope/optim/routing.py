@@ -326,7 +326,8 @@ class MuonWithAdamW(Optimizer):
             self._layout = (rows, D.layout_digest(rows))
             self._ranks_checked = key
         rows, digest = self._layout
-        D.check_same_layout(rows, ctx, digest)
+        grads = (self.muon._has_grad() if self.muon is not None else []) + [p.grad is not None for p in adamw]
+        D.check_same_layout(rows, ctx, digest, grads)
         if self.muon is not None:
             self.muon._layout_verified_for = self.muon._muon_step + 1
 
