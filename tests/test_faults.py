@@ -200,12 +200,19 @@ def test_second_writer_is_refused_with_the_owners_pid(tmp_path):
     assert not (run / ".lock").exists()
 
 
-def test_lock_in_one_process_refuses_a_second_lock(tmp_path):
-    with RunLock(tmp_path / "r"):
-        with pytest.raises(StoreError, match=f"in use by PID {os.getpid()}"):
-            RunLock(tmp_path / "r").acquire()
-    with RunLock(tmp_path / "r"):  # released: free again
-        pass
+def test_second_run_store_writer_process_is_refused(tmp_path):
+    """Two processes opening one run store for writing: the second is refused with the first's
+    PID (no shared temporary names, no interleaved parts)."""
+    script = ("import sys\nfrom muonscope.spectra.store import RunStore\n"
+              "try:\n    RunStore.create(sys.argv[1], exist_ok=True)\n    print('opened')\n"
+              "except Exception as e:\n    print(type(e).__name__, e)\n")
+    with RunStore.create(tmp_path / "r", {"model_params": 10}) as st:
+        st.log_metrics(1, loss=1.0)
+        r = subprocess.run([sys.executable, "-c", script, str(tmp_path / "r")], capture_output=True, text=True,
+                           timeout=120)
+        assert r.stdout.startswith("StoreError") and f"in use by PID {os.getpid()}" in r.stdout, r
+    r = subprocess.run([sys.executable, "-c", script, str(tmp_path / "r")], capture_output=True, text=True, timeout=120)
+    assert r.stdout.strip() == "opened", r  # closed: free again
 
 
 # --- disk full in each writer ----------------------------------------------------------------------

@@ -133,14 +133,21 @@ def test_run_json_fields_are_type_checked(tmp_path):
 
 
 def test_parts_leave_no_temporary_files_and_lock_is_exclusive(tmp_path):
+    """A writing store holds the run's lock: re-entrant in this process, refused to another one."""
     import socket
+    import subprocess
+    import sys
 
+    other = ("import sys\nfrom muonscope.spectra.store import RunStore\n"
+             "try:\n    RunStore.create(sys.argv[1], exist_ok=True)\nexcept Exception as e:\n    print(e)\n")
     with RunLock(tmp_path / "r") as lock:
         assert lock.held and lock_holder(tmp_path / "r") == f"PID {os.getpid()} on host {socket.gethostname()}"
-        with pytest.raises(StoreError, match=f"is in use by PID {os.getpid()}"):
-            RunLock(tmp_path / "r").acquire()
-        with RunStore.create(tmp_path / "r", {"model_params": 10}) as st:
+        with RunStore.create(tmp_path / "r", {"model_params": 10}) as st:  # re-entrant within a process
             st.log_metrics(1, loss=1.0)
+            r = subprocess.run([sys.executable, "-c", other, str(tmp_path / "r")], capture_output=True, text=True,
+                               timeout=120)
+            assert f"is in use by PID {os.getpid()}" in r.stdout, (r.stdout, r.stderr)
+        assert lock_holder(tmp_path / "r") is not None  # the outer RunLock still holds it
     assert lock_holder(tmp_path / "r") is None and not (tmp_path / "r" / ".lock").exists()
     assert [p.name for p in (tmp_path / "r").rglob(".tmp-*")] == []
     assert list(RunStore.open(tmp_path / "r").metrics().step) == [1]

@@ -93,6 +93,7 @@ class RunStore:
         self._last_flush = time.monotonic()
         self._generation = self._next_generation() if writable else None
         self._seq = 0
+        self._lock: RunLock | None = None
 
     # --- opening -------------------------------------------------------------------------------
     @classmethod
@@ -101,9 +102,27 @@ class RunStore:
         """Create a run directory (or, with ``exist_ok``, reopen it for appending: resume).
 
         ``meta`` must be JSON-serializable; ``run_id`` defaults to the directory name. Only rank 0
-        writes ``run.json``; other ranks wait for it.
+        writes ``run.json``; other ranks wait for it. The writer holds the directory's
+        :class:`RunLock` for its rank until :meth:`close`: a second writing process is refused
+        ("in use by PID n"); within one process the lock is re-entrant.
         """
         path = Path(path)
+        meta_file = path / "run.json"
+        if meta_file.exists() and not exist_ok:
+            raise StoreError(f"{path} already holds a run; pass exist_ok=True (resume) or choose another directory")
+        lock = RunLock(path, rank=process_rank).acquire()
+        try:
+            store = cls._create(path, meta, exist_ok=exist_ok, process_rank=process_rank, flush_rows=flush_rows,
+                                flush_seconds=flush_seconds)
+        except BaseException:
+            lock.release()
+            raise
+        store._lock = lock
+        return store
+
+    @classmethod
+    def _create(cls, path: Path, meta, *, exist_ok: bool, process_rank: int, flush_rows: int,
+                flush_seconds: float) -> RunStore:
         meta_file = path / "run.json"
         if meta_file.exists():
             if not exist_ok:
@@ -220,8 +239,14 @@ class RunStore:
         self._last_flush = time.monotonic()
 
     def close(self) -> None:
-        self.flush()
-        self._writable = False
+        """Flush, stop writing and release the writer lock."""
+        try:
+            self.flush()
+        finally:
+            self._writable = False
+            if self._lock is not None:
+                self._lock.release()
+                self._lock = None
 
     def __enter__(self) -> RunStore:
         return self
@@ -302,23 +327,35 @@ def check_meta(meta: dict, meta_file) -> None:
 LOCK_NAME = ".lock"
 
 
+_HELD: dict[str, list] = {}  # lock file -> [fd, count, pid]: locks this process holds (re-entrant)
+
+
 class RunLock:
-    """Exclusive writer lock of a run directory: ``.lock`` holding ``pid host``, held with ``flock``.
+    """Exclusive writer lock of a run directory: ``.lock`` holding ``pid host``, held with ``flock``
+    (``.lock-r{R}`` for process rank R > 0, whose parts are its own).
 
     The kernel releases an ``flock`` when its process dies, so a lock left by a killed writer is
-    stale by construction and the next writer takes it over. A live holder makes :meth:`acquire`
-    raise :class:`StoreError` ("run directory X is in use by PID n on host h"). Creating the lock
-    creates the directory (with parents). Re-entrant within one process is *not* supported: one
-    writer, one lock.
+    stale by construction and the next writer takes it over. A live holder in another process makes
+    :meth:`acquire` raise :class:`StoreError` ("run directory X is in use by PID n on host h").
+    Within one process the lock is re-entrant (``train`` holds it and its run store takes it again).
+    Acquiring creates the directory (with parents).
     """
 
-    def __init__(self, path: str | os.PathLike) -> None:
+    def __init__(self, path: str | os.PathLike, *, rank: int = 0) -> None:
         self.path = Path(path)
-        self.file = self.path / LOCK_NAME
-        self._fd: int | None = None
+        self.file = self.path / (LOCK_NAME if not rank else f"{LOCK_NAME}-r{int(rank)}")
+        self._key: str | None = None
 
     def acquire(self) -> RunLock:
+        if self._key is not None:
+            return self
         ensure_dir(self.path)
+        key = os.path.realpath(self.file)
+        held = _HELD.get(key)
+        if held is not None and held[2] == os.getpid():
+            held[1] += 1
+            self._key = key
+            return self
         while True:
             try:
                 fd = os.open(self.file, os.O_RDWR | os.O_CREAT, 0o644)
@@ -348,22 +385,31 @@ class RunLock:
         except OSError as exc:
             os.close(fd)
             raise os_error(exc, self.file, "cannot lock") from None
-        self._fd = fd
+        _HELD[key] = [fd, 1, os.getpid()]
+        self._key = key
         return self
 
     def release(self) -> None:
-        if self._fd is None:
+        if self._key is None:
             return
+        key, self._key = self._key, None
+        held = _HELD.get(key)
+        if held is None or held[2] != os.getpid():
+            return
+        held[1] -= 1
+        if held[1] > 0:
+            return
+        del _HELD[key]
+        fd = held[0]
         with contextlib.suppress(OSError):
             os.unlink(self.file)
         with contextlib.suppress(OSError):
-            fcntl.flock(self._fd, fcntl.LOCK_UN)
-        os.close(self._fd)
-        self._fd = None
+            fcntl.flock(fd, fcntl.LOCK_UN)
+        os.close(fd)
 
     @property
     def held(self) -> bool:
-        return self._fd is not None
+        return self._key is not None
 
     def __enter__(self) -> RunLock:
         return self.acquire()
