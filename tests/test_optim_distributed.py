@@ -300,6 +300,8 @@ def test_layout_mismatch_names_the_first_difference():
     assert "at parameter 1" in msg and "rank 2" in msg and "(4, 7)" in msg and "(4, 6)" in msg
     msg = layout_mismatch([rows, rows[:1]])
     assert "no parameter" in msg and "rank 1: 1" in msg
+    msg = layout_mismatch([[(*r, True) for r in rows], [(*rows[0], True), (*rows[1], False)]])
+    assert "without a gradient" in msg and "gradients for the same parameters" in msg
 
 
 def test_assign_owners_balances_and_is_deterministic():

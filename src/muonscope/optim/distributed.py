@@ -167,10 +167,14 @@ def layout_mismatch(rows_by_rank: Sequence[Sequence[tuple]]) -> str | None:
         i = next((i for i, (a, b) in enumerate(zip(ref, rows, strict=False)) if a != b), min(len(ref), len(rows)))
         a = ref[i] if i < len(ref) else None
         b = rows[i] if i < len(rows) else None
-        return (f"the optimizer's parameters differ across ranks: at parameter {i}, rank 0 has {_describe(a)} "
-                f"and rank {rank} has {_describe(b)} (rank 0: {len(ref)} parameters, rank {rank}: {len(rows)}); "
+        only_grad = a is not None and b is not None and len(a) == len(b) == 7 and a[:6] == b[:6]
+        hint = ("every rank must compute gradients for the same parameters (set unused ones' grad to zeros, or "
+                "use DDP's find_unused_parameters)" if only_grad else
                 "build the optimizer over the same parameters (names, shapes, dtypes, views, groups) in the same "
                 "order on every rank")
+        return (f"the optimizer's parameters differ across ranks: at parameter {i}, rank 0 has {_describe(a)} "
+                f"and rank {rank} has {_describe(b)} (rank 0: {len(ref)} parameters, rank {rank}: {len(rows)}); "
+                + hint)
     return None
 
 
