@@ -179,7 +179,7 @@ class Muon(Optimizer):
     ) -> None:
         if nonfinite not in NONFINITE_POLICIES:
             raise ConfigError(f"nonfinite must be one of {NONFINITE_POLICIES}, got {nonfinite!r}")
-        if distributed not in (None, True, False):
+        if distributed is not None and not isinstance(distributed, bool):
             raise ConfigError(f"distributed must be None (auto), True or False, got {distributed!r}")
         check_adaptive_options(target_q, rho, max_steps)
         if isinstance(params, torch.Tensor):
