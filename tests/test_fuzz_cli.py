@@ -401,17 +401,23 @@ def test_fuzz_case_count():
         assert verb in verbs, verb
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root ignores directory permissions")
 def test_unwritable_parent(tmp_path, monkeypatch):
+    """A parent directory without write permission (as root, which ignores permissions, the
+    permission check itself is made to deny it)."""
     ro = tmp_path / "ro"
     ro.mkdir()
     write_run(tmp_path / "run")
     ro.chmod(0o500)
+    if os.geteuid() == 0:
+        real_access = os.access
+        monkeypatch.setattr(os, "access", lambda p, mode, **kw: False if Path(p).resolve() == ro else real_access(p, mode, **kw))
     monkeypatch.chdir(tmp_path)
     try:
         for args in (["fit", "run", "-o", "ro/l.json"], ["train", "-o", "ro/t"], ["report", "run", "-o", "ro/r.html"],
-                     ["dynamics", "noise", "-o", "ro/n"], ["ns", "--plot", "ro/p.png"]):
-            assert_rejected(args, tmp_path)
+                     ["dynamics", "noise", "-o", "ro/n"], ["ns", "--plot", "ro/p.png"], ["sweep", "-o", "ro/s"],
+                     ["plan", "laws.json", "-p", "7e10", "-o", "ro/p.json"], ["convergence", "run", "-o", "ro/c"]):
+            line = assert_rejected(args, tmp_path)
+            assert "permission denied" in line, line
     finally:
         ro.chmod(0o700)
 

@@ -47,6 +47,9 @@ def main(argv: list[str] | None = None) -> None:
         if hasattr(exc, "format_message") and hasattr(exc, "exit_code"):
             message = exc.format_message()
             if message:
+                if "unexpected extra argument" in message.lower() and any(
+                        w in message.lower() for w in ("(true", "(false", "(yes", "(no)", "(1)", "(0)")):
+                    message += " (flags take no value: write --resume, or --no-resume for false)"
                 print(f"muonscope: error: {_one_line(message)}", file=sys.stderr)
             sys.exit(exc.exit_code or 0)
         raise
