@@ -290,7 +290,8 @@ def _verdict_section(v: Verdict, laws, fit_note: str, workdir: Path) -> Section:
         sec.figures.append((F.plot_verdict(laws, q=q_t, tau=v.tau, sizes=v.sizes, path=workdir / "verdict.png",
                                            tau_label=conf.replace(" × ", " x")),
                             f"Predicted s_{q_t:g} per layer type and depth against model size, with τ of {conf}"))
-        sec.details.append((_depth_table(v), f"By depth: predicted s_{q_t:g} (point [95 % lower]) · share of "
+        sec.details.append((_depth_table(v), f"By depth: failed now (measured, non-null; directions per matrix); "
+                            f"predicted s_{q_t:g} (point [95 % lower]) · share of "
                             f"directions below τ at each size (the spectrum beyond s_{q_t:g} continued along its "
                             f"last slope: it does not see the few weakest directions that fail now), and the size "
                             f"M* where s_{q_t:g} meets τ"))
@@ -369,6 +370,10 @@ def _depth_table(v: Verdict) -> pd.DataFrame:
     rows = []
     for (lt, d), g in p.groupby(["layer_type", "rel_depth"], sort=False):
         row = {"layer": lt, "depth": d}
+        if len(v.now):
+            n = v.now[(v.now["layer_type"] == lt) & np.isclose(v.now["rel_depth"], d)]
+            row["failed now"] = Cell(f"{fmt_share(float(n['failed'].mean()))} ({float(n['per_matrix'].mean()):.2g})"
+                                     if len(n) else "–")
         for r in g.itertuples():
             row[fmt_size(r.size)] = Cell(f"{_sci(r.s_point)} [{_sci(r.s_low)}] · {fmt_share(r.failed_point)}",
                                          _STATUS_CLS.get(r.status, ""))

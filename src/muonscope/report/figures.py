@@ -293,6 +293,7 @@ def plot_verdict(laws, *, q: float, tau: float, sizes, path, tau_label: str = ""
     grid_all = np.logspace(np.log10(min(min(f.sizes) for f in fits)), np.log10(hi_m), 60)
     lows = [float(f.band(grid_all)[0].min()) for f in fits]
     y_lo = max(min([tau, *lows]) / 10, 1e-12)
+    y_hi = min(1.0, 3 * max(max(f.values) for f in fits))
     for ax, lt in zip(axes, types, strict=True):
         group = sorted((f for f in fits if f.layer_type == lt), key=lambda f: f.rel_depth)
         for f in group:
@@ -311,7 +312,7 @@ def plot_verdict(laws, *, q: float, tau: float, sizes, path, tau_label: str = ""
             ax.axvline(m, color="0.6", lw=0.7, ls=":")
         ax.set_xscale("log")
         ax.set_yscale("log")
-        ax.set_ylim(y_lo, 1.0)
+        ax.set_ylim(y_lo, y_hi)
         ax.set_title(f"{lt}", fontsize=10)
         ax.set_xlabel("model size M (non-embedding parameters)", fontsize=8)
         ax.set_ylabel(f"predicted s_{q:g}", fontsize=8)
