@@ -133,10 +133,10 @@ class Muon(Optimizer):
         distributed: None (auto: shard when a process group with > 1 rank is initialized),
             True or False. ``process_group``: the group to shard over (default: WORLD).
             Gradients must already agree across ranks (data-parallel all-reduce); register the
-            same hooks on every rank (with DTensor parameters they trigger collectives). On the
-            first step, and whenever the parameters change, the ranks compare names, shapes,
-            dtypes, views and groups; a difference raises the same ``DistributedMismatchError``
-            on every rank.
+            same hooks on every rank (with DTensor parameters they trigger collectives). Before
+            every sharded step the ranks compare a hash of names, shapes, dtypes, views, groups
+            and which parameters have a gradient; a difference raises the same
+            ``DistributedMismatchError`` on every rank.
 
     Numeric options are validated at construction and again before every step (values set on a
     group later, e.g. by a scheduler): lr ∈ [0, 1e6] (float or 1-element tensor), momentum ∈
