@@ -69,7 +69,7 @@ def find_chromium(install: bool = True) -> tuple[str | None, str]:
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
     try:
         r = subprocess.run(["apt-get", "install", "-y", "-q", "chromium"], capture_output=True, text=True,
-                           timeout=900, env=env)
+                           timeout=300, env=env)
     except (OSError, subprocess.TimeoutExpired) as exc:
         return None, f"apt-get install chromium failed: {exc}"
     if r.returncode != 0:

@@ -127,3 +127,16 @@ def test_report_opens_with_the_verdict(records, tmp_path):
     assert "<NA>" not in md and "e+" not in verdict and "non-embedding parameters (non-embedding" not in md
     done = [c[1] for c in calls]
     assert done == sorted(done) and calls[-1][1] == calls[-1][2]
+
+
+def test_committed_report_opens_with_the_verdict():
+    from pathlib import Path
+
+    md = (Path(__file__).resolve().parents[1] / "results" / "report.md").read_text()
+    first = md.split("\n## ")[1]
+    assert first.startswith("Verdict")
+    head = first.split("\n\n| layer |")[0]  # the bullets above the verdict table
+    for lead in ("Failing now", "Numerically null (structural)", "Failing at target sizes", "What to do"):
+        assert lead in head
+    table = first.split("\n\n| layer |")[1].split("\n\n")[0]
+    assert "mlp_down" in table and "NS FLOPs vs jordan×5" in table
