@@ -111,6 +111,9 @@ def test_atomic_write_disk_full_keeps_the_old_file_and_no_temp(tmp_path, disk):
     assert str(target) in str(exc.value) and "\n" not in str(exc.value)
     assert target.read_bytes() == b"old content"
     assert temp_files(tmp_path) == []
+    with pytest.raises(StoreError, match="no space left"):  # parents it created are removed again
+        atomic_write(tmp_path / "new" / "deeper" / "b.json", b"more than four bytes")
+    assert not (tmp_path / "new").exists()
 
 
 def test_atomic_write_cleans_up_on_interrupt_and_refuses_non_regular_targets(tmp_path):

@@ -146,13 +146,7 @@ def created_dirs(path) -> Iterator[Path]:
     every directory this call created (with what was written into it), so a failed command leaves
     nothing behind. Directories that existed before are kept as they were."""
     path = Path(path)
-    top = None
-    p = path
-    while not os.path.lexists(p):
-        top = p
-        if p.parent == p:
-            break
-        p = p.parent
+    top = _missing_top(path)
     ensure_dir(path)
     try:
         yield path
@@ -162,19 +156,49 @@ def created_dirs(path) -> Iterator[Path]:
         raise
 
 
+def _missing_top(path: Path) -> Path | None:
+    """The top-most ancestor of ``path`` (itself included) that does not exist yet."""
+    top, p = None, path
+    while not os.path.lexists(p):
+        top = p
+        if p.parent == p:
+            break
+        p = p.parent
+    return top
+
+
+def _remove_empty(directory: Path, top: Path | None) -> None:
+    """Remove ``directory`` and its parents up to ``top`` while they are empty (what a failed write
+    created for itself)."""
+    if top is None:
+        return
+    p = directory
+    while True:
+        try:
+            os.rmdir(p)
+        except OSError:
+            return
+        if p == top or p.parent == p:
+            return
+        p = p.parent
+
+
 def atomic_write(path, data: bytes | str | Callable[[IO[bytes]], object], *, what: str = "output file",
                  mkdir: bool = True) -> Path:
     """Write ``data`` (bytes, text as UTF-8, or a callback writing to a binary file object) to
-    ``path`` atomically; see the module docstring for the guarantees."""
+    ``path`` atomically; see the module docstring for the guarantees. Parent directories are
+    created as needed and removed again if the write fails."""
     path = Path(path)
     _check_name(path)
     _refuse_non_regular(path, what)
     parent = path.parent
+    made = _missing_top(parent) if mkdir else None
     if mkdir:
         ensure_dir(parent)
     try:
         fd, tmp = tempfile.mkstemp(prefix=f".tmp-{path.name[:200]}.", dir=parent)
     except OSError as exc:
+        _remove_empty(parent, made)
         raise os_error(exc, path) from None
     try:
         with os.fdopen(fd, "wb") as fh:
@@ -189,11 +213,13 @@ def atomic_write(path, data: bytes | str | Callable[[IO[bytes]], object], *, wha
         os.replace(tmp, path)
     except OSError as exc:
         _unlink(tmp)
+        _remove_empty(parent, made)
         if isinstance(exc, StoreError):
             raise
         raise os_error(exc, path) from None
     except BaseException:
         _unlink(tmp)
+        _remove_empty(parent, made)
         raise
     _fsync_dir(parent)
     return path
@@ -217,11 +243,13 @@ def atomic_write_with(path, write: Callable[[Path], object], *, what: str = "out
     path = Path(path)
     _check_name(path)
     _refuse_non_regular(path, what)
+    made = _missing_top(path.parent)
     ensure_dir(path.parent)
     try:
         fd, tmp = tempfile.mkstemp(prefix=f".tmp-{path.name[:200]}.", suffix=path.suffix, dir=path.parent)
         os.close(fd)
     except OSError as exc:
+        _remove_empty(path.parent, made)
         raise os_error(exc, path) from None
     try:
         write(Path(tmp))
@@ -232,11 +260,13 @@ def atomic_write_with(path, write: Callable[[Path], object], *, what: str = "out
         os.replace(tmp, path)
     except OSError as exc:
         _unlink(tmp)
+        _remove_empty(path.parent, made)
         if isinstance(exc, StoreError):
             raise
         raise os_error(exc, path) from None
     except BaseException:
         _unlink(tmp)
+        _remove_empty(path.parent, made)
         raise
     _fsync_dir(path.parent)
     return path
