@@ -83,7 +83,7 @@ class Block:
 
     @property
     def where(self) -> str:
-        return f"{self.path.relative_to(ROOT)}:{self.line}"
+        return f"{_rel(self.path)}:{self.line}"
 
 
 @dataclass
@@ -91,6 +91,10 @@ class Doc:
     path: Path
     blocks: list[Block] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
+
+
+def _rel(path: Path) -> str:
+    return str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path)
 
 
 _FENCE = re.compile(r"^(?P<indent>[ \t]*)(?P<fence>`{3,}|~{3,})(?P<info>.*)$")
@@ -114,7 +118,7 @@ def parse(path: Path) -> Doc:
             body.append(lines[i][len(m["indent"]):] if lines[i].startswith(m["indent"]) else lines[i])
             i += 1
         if i >= len(lines):
-            doc.errors.append(f"{path.relative_to(ROOT)}:{start + 1}: unclosed code fence")
+            doc.errors.append(f"{_rel(path)}:{start + 1}: unclosed code fence")
         block = Block(path, start + 1, info, "\n".join(body) + "\n")
         if info not in KINDS and not _PY_FILE.fullmatch(info):
             doc.errors.append(f"{block.where}: unknown block kind {info!r} (known: {', '.join(KINDS)})")
@@ -333,6 +337,24 @@ def _workdir(doc: Doc, tmp_path: Path) -> Path:
 
 
 DOCS = [parse(p) for p in doc_files()]
+
+
+def test_output_comparison_is_strict_where_it_should_be():
+    assert output_matches("s_q50 0.061984 n=64", "s_q50 0.0619841 n=64")[0]   # within the shown digits
+    assert not output_matches("s_q50 0.061984", "s_q50 0.062596")[0]          # a bf16-sized difference
+    assert not output_matches("rows 48", "rows 49")[0]                        # integers exactly
+    assert not output_matches("layer q", "layer k")[0]                        # text exactly
+    assert output_matches("│ a │   1.5 │", "│ a   │ 1.5 │")[0]                  # table padding is free
+    assert output_matches("head\n...\ntail", "head\nx\ny\ntail")[0]
+    assert not output_matches("head\ntail", "head\nx\ntail")[0]             # no silent extra lines
+    assert output_matches("1.0e-3", "0.001")[0] and not output_matches("2.07e-4", "2.17e-4")[0]
+
+
+def test_parser_refuses_unknown_kinds_and_orphan_output(tmp_path):
+    md = tmp_path / "page.md"
+    md.write_text("```\nx\n```\n\nprose\n\n```text\n1\n```\n```python\nprint(1)\n```\n\n```text\n1\n```\n")
+    errors = parse(md).errors
+    assert len(errors) == 2 and "unknown block kind ''" in errors[0] and "must directly follow" in errors[1]
 
 
 def test_every_block_has_a_known_kind_and_outputs_follow_their_code():
