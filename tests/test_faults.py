@@ -312,9 +312,17 @@ def test_store_part_disk_full_keeps_earlier_parts(tmp_path, disk):
 
 
 # --- SIGKILL mid-train, then --resume as printed ----------------------------------------------------
+def small_corpus(tmp_path: Path) -> str:
+    """A 200 kB text corpus (faster to load than the standard library's)."""
+    path = tmp_path / "corpus.txt"
+    path.write_text(Path(json.__file__).read_text() * 20)
+    return str(path)
+
+
 def test_sigkill_mid_train_then_resume(tmp_path):
     run = tmp_path / "run"
-    cmd = [sys.executable, "-m", "muonscope.cli", "train", "-o", str(run), "--preset", "tiny", "--steps", "150", "--monitor-every", "50",
+    cmd = [sys.executable, "-m", "muonscope.cli", "train", "-o", str(run), "--corpus", small_corpus(tmp_path),
+           "--preset", "tiny", "--steps", "150", "--monitor-every", "50",
            "--batch-size", "4", "--checkpoint-every", "5", "--eval-every", "200", "--threads", "1"]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             env={**os.environ, "OMP_NUM_THREADS": "1"})
@@ -356,7 +364,8 @@ def test_errors_are_typed(tmp_path):
 def test_sigterm_stops_training_like_ctrl_c(tmp_path):
     """SIGTERM (a scheduler's preemption) saves a checkpoint and exits 130 with the resume hint."""
     run = tmp_path / "run"
-    cmd = [sys.executable, "-m", "muonscope.cli", "train", "-o", str(run), "--preset", "tiny", "--steps", "100000",
+    cmd = [sys.executable, "-m", "muonscope.cli", "train", "-o", str(run), "--corpus", small_corpus(tmp_path),
+           "--preset", "tiny", "--steps", "100000",
            "--batch-size", "4", "--checkpoint-every", "1000", "--eval-every", "1000", "--threads", "1"]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env={**os.environ, "OMP_NUM_THREADS": "1", "COLUMNS": "200"})
