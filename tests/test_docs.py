@@ -553,3 +553,5 @@ def test_mkdocs_build_is_strict_clean(tmp_path):
     assert p.returncode == 0 and not warnings_, "\n".join(warnings_) or p.stderr
     html = (tmp_path / "site" / "api" / "optim" / "index.html").read_text()
     assert "muonscope.optim.muon.Muon" in html  # the reference is generated from the docstrings
+    leaked = [p.name for p in (tmp_path / "site").rglob("*.html") if "```" in p.read_text(encoding="utf-8")]
+    assert not leaked, f"fences rendered as text (info-string options not stripped by docs/hooks): {leaked}"
