@@ -147,6 +147,7 @@ def _mismatched(case, rank):
         shapes[1] = (6, 11)
     if case == "dtype" and rank == 1:
         dtypes[1] = torch.float64
+    plan = {"params": {"w0": {"steps": 7}}} if case == "plan" and rank == 1 else None
     if case == "extra" and rank == 1:
         shapes.append((4, 4))
         dtypes.append(torch.float32)
@@ -163,10 +164,10 @@ def _mismatched(case, rank):
         for _, p in groups[1]["params"]:
             p.grad = torch.ones(p.shape)
         return MuonWithAdamW(groups, lr=0.02, ns_dtype=torch.float32), [p for _, p in params]
-    return Muon(params, lr=0.02, ns_dtype=torch.float32), [p for _, p in params]
+    return Muon(params, lr=0.02, ns_dtype=torch.float32, plan=plan), [p for _, p in params]
 
 
-MISMATCHES = ("shape", "extra", "dtype", "adamw_extra", "no_grad")
+MISMATCHES = ("shape", "extra", "dtype", "adamw_extra", "no_grad", "plan")
 
 
 def _mismatch_worker(rank, world, port, out):
@@ -263,7 +264,7 @@ def test_two_gloo_processes_match_one(tmp_path):
 
 def test_mismatched_ranks_raise_the_same_error_on_every_rank(tmp_path):
     """Shape, dtype, an extra Muon parameter, an extra AdamW parameter, a group added later on one
-    rank, a gradient missing on one rank: both ranks raise the same DistributedMismatchError before any update (bounded: each
+    rank, a gradient missing on one rank, another plan on one rank: both ranks raise the same DistributedMismatchError before any update (bounded: each
     process is joined with a timeout)."""
     world, port = 2, _free_port()
     outs = [tmp_path / f"rank{r}.json" for r in range(world)]
@@ -282,7 +283,7 @@ def test_mismatched_ranks_raise_the_same_error_on_every_rank(tmp_path):
     assert all(p.returncode == 0 for p in procs), "\n".join(logs)
     r0, r1 = (json.loads(o.read_text()) for o in outs)
     for case, where in (("shape", "'w1'"), ("extra", "'w2'"), ("dtype", "float64"), ("adamw_extra", "'b1'"),
-                        ("added_later", "'late'"), ("no_grad", "without a gradient")):
+                        ("added_later", "'late'"), ("no_grad", "without a gradient"), ("plan", "jordanx7")):
         assert r0[case] == r1[case], case  # same type, same message, both untouched
         kind, message, untouched = r0[case]
         assert kind == DistributedMismatchError.__name__, (case, message)

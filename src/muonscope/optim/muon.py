@@ -521,11 +521,18 @@ class Muon(Optimizer):
         return loss
 
     def signature(self) -> list[tuple]:
-        """(group, name, shape, dtype, view, split) of every parameter in order: what every rank
-        must agree on for sharded steps (DTensor parameters by their global shape)."""
+        """(group, name, shape, dtype, "view, orthogonalizer", split) of every parameter in order:
+        what every rank must agree on for sharded steps (DTensor parameters by their global shape)."""
         index = {id(g): i for i, g in enumerate(self.param_groups)}
-        return [D.layout_row(index[id(g)], name, p, self.view_of(name, p), g["split"])
+        return [D.layout_row(index[id(g)], name, p, f"{self.view_of(name, p)}, {self._orth_text(name, g)}", g["split"])
                 for name, p, g in self.named_params()]
+
+    def _orth_text(self, name: str, group: dict) -> str:
+        """The configured orthogonalizer of a parameter, as ranks compare it (it sets the work split)."""
+        orth, _ = self.orthogonalizer_for(name, group)
+        schedule, steps = orth.label
+        dtype = getattr(orth, "dtype", None)
+        return f"{orth.kind} {schedule}x{steps}{'' if dtype is None else ' ' + str(dtype).removeprefix('torch.')}"
 
     def layout_key(self, ctx) -> tuple:
         """What identifies the parameter layout last compared across ranks (cheap: tensor ids)."""
