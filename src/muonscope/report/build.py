@@ -408,8 +408,12 @@ def _loss_section(stores, workdir: Path) -> list[Section]:
     curves = {str(s.meta.get("run_id")): met for s in stores if len(met := s.metrics())}
     if not curves:
         return []
-    return [Section("Loss", "Training and validation loss of every run (AdamW baselines dashed).",
-                    figures=[(F.plot_losses(curves, path=workdir / "loss.png"), "Loss curves")])]
+    sizes = {str(s.meta.get("run_id")): float(s.meta["model_params"]) for s in stores
+             if s.meta.get("model_params") and str(s.meta.get("run_id")) in curves}
+    return [Section("Loss", "Training and validation loss of every run, coloured by model size (seeds share the "
+                    "colour; AdamW baselines dashed).",
+                    figures=[(F.plot_losses(curves, path=workdir / "loss.png",
+                                            sizes=sizes if len(sizes) == len(curves) else None), "Loss curves")])]
 
 
 def _spectra_sections(spectra: pd.DataFrame, laws, quantile: float, verdict: Verdict | None,

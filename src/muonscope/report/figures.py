@@ -325,25 +325,36 @@ def plot_verdict(laws, *, q: float, tau: float, sizes, path, tau_label: str = ""
     return _save(fig, plt, path)
 
 
-def plot_losses(curves: dict, *, path) -> Path:
+def plot_losses(curves: dict, *, path, sizes: dict | None = None) -> Path:
     """Training (thin) and validation (markers) loss per run; ``curves`` maps a label to a metrics
-    DataFrame (long form: step, name, value)."""
+    DataFrame (long form: step, name, value). With ``sizes`` (label → model size) runs are coloured
+    by size and the legend has one entry per size and optimizer (seeds share it)."""
     plt = _plt()
     fig, ax = plt.subplots(figsize=(8, 4.5), dpi=110)
     cmap = plt.get_cmap("tab20")
-    for i, (label, m) in enumerate(sorted(curves.items())):
-        color = cmap(i % 20)
+    by_size = _size_colors([sizes[k] for k in curves if k in sizes], plt) if sizes else {}
+    shown = set()
+    order = sorted(curves.items(), key=lambda kv: ((sizes or {}).get(kv[0], 0.0), kv[0]))
+    for i, (label, m) in enumerate(order):
+        adamw = "adamw" in label
+        if sizes and label in sizes:
+            color = by_size[sizes[label]]
+            key = (sizes[label], adamw)
+            legend = None if key in shown else f"M={sizes[label] / 1e6:.2g}M{' AdamW' if adamw else ''}"
+            shown.add(key)
+        else:
+            color, legend = cmap(i % 20), label
         tr = m[m["name"] == "train_loss"].sort_values("step")
         if len(tr):
             w = max(1, len(tr) // 50)
             ax.plot(tr["step"], tr["value"].rolling(w, min_periods=1).mean(), color=color, lw=1,
-                    ls="--" if "adamw" in label else "-", label=label)
+                    ls="--" if adamw else "-", label=legend)
         va = m[m["name"] == "val_loss"].sort_values("step")
         if len(va):
             ax.plot(va["step"], va["value"], "o", color=color, ms=3)
     ax.set_xlabel("optimizer step")
     ax.set_ylabel("cross-entropy (nats per byte)")
-    ax.set_title("Loss curves (lines: training, smoothed; dots: validation; dashed: AdamW)")
+    ax.set_title("Loss curves (lines: training, smoothed; dots: validation; dashed: AdamW)", fontsize=10)
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=7, ncol=2)
     return _save(fig, plt, path)
