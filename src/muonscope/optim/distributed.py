@@ -170,8 +170,8 @@ def layout_mismatch(rows_by_rank: Sequence[Sequence[tuple]]) -> str | None:
         only_grad = a is not None and b is not None and len(a) == len(b) == 7 and a[:6] == b[:6]
         hint = ("every rank must compute gradients for the same parameters (set unused ones' grad to zeros, or "
                 "use DDP's find_unused_parameters)" if only_grad else
-                "build the optimizer over the same parameters (names, shapes, dtypes, views, groups) in the same "
-                "order on every rank")
+                "build the optimizer over the same parameters (names, shapes, dtypes, views, orthogonalizers, groups) "
+                "in the same order on every rank")
         return (f"the optimizer's parameters differ across ranks: at parameter {i}, rank 0 has {_describe(a)} "
                 f"and rank {rank} has {_describe(b)} (rank 0: {len(ref)} parameters, rank {rank}: {len(rows)}); "
                 + hint)
