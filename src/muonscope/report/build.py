@@ -159,10 +159,6 @@ class _Stages:
             self.progress(description, self.done, self.total)
         self.done += 1
 
-    def finish(self) -> None:
-        if self.progress is not None:
-            self.progress("done", self.total, self.total)
-
 
 def build_sections(run_paths, *, targets=DEFAULT_TARGETS, quantile: float = 0.5, rho: float = FAILURE_RHO,
                    workdir: Path, criterion=None, laws=None, progress: Progress | None = None) -> list[Section]:
@@ -622,5 +618,5 @@ def build_report(run_paths, out: str | os.PathLike, *, fmt: str = "html", target
                         f"content='width=device-width, initial-scale=1'><title>{html.escape(title)}</title>"
                         f"<style>{_CSS}</style></head><body><h1>{html.escape(title)}</h1>{body}</body></html>")
     if progress is not None:
-        progress("done", 8, 8)
+        progress("done", 8, 8)  # the eight stages of build_sections
     return out

@@ -161,13 +161,6 @@ class Verdict:
     def config_label(self) -> str:
         return f"{self.schedule} × {self.steps}"
 
-    def failing_now(self, min_share: float = 1e-3) -> pd.DataFrame:
-        """Layer types whose mean non-null failed share at the largest size is ≥ ``min_share``."""
-        if self.now.empty:
-            return self.now
-        t = self.type_now()
-        return t[t["failed"] >= min_share].sort_values("failed", ascending=False)
-
     def type_now(self) -> pd.DataFrame:
         """Per layer type: mean non-null failed share, failed directions per matrix, worst block."""
         if self.now.empty:
