@@ -23,10 +23,11 @@ def _color(label: str, i: int) -> str:
 
 
 def _save(fig, path) -> Path:
+    from muonscope._atomic import atomic_write_with
+
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    atomic_write_with(path, lambda p: fig.savefig(p, dpi=110))
     _plt().close(fig)
     return path
 

@@ -99,7 +99,6 @@ def write_json(path: str | os.PathLike, obj) -> Path:
     """Write ``obj`` as indented JSON (see :func:`jsonable`)."""
     import json
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(jsonable(obj), indent=1, sort_keys=False) + "\n")
-    return path
+    from muonscope._atomic import atomic_write
+
+    return atomic_write(Path(path), json.dumps(jsonable(obj), indent=1, sort_keys=False) + "\n")

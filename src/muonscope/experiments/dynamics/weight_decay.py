@@ -381,7 +381,6 @@ def write_csv(res: WeightDecayResult, path) -> None:
     """One row per (seed, mode, λ): ATSR, acquisition times, final fit (written atomically)."""
     import csv
     import io
-    import os
     from pathlib import Path
 
     path = Path(path)
@@ -395,7 +394,6 @@ def write_csv(res: WeightDecayResult, path) -> None:
             for d in DEFINITIONS:
                 w.writerow([s, mode, f"{lam:g}", d, f"{res.atsr[d][si, c]:.6g}", *[int(t) for t in res.times[d][si, c]],
                             f"{res.rel_residual[si, c]:.4g}", f"{res.entropy[si, c]:.6f}", f"{res.frob[si, c]:.6g}"])
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".tmp-{path.name}")
-    tmp.write_text(buf.getvalue())
-    os.replace(tmp, path)
+    from muonscope._atomic import atomic_write
+
+    atomic_write(path, buf.getvalue())
