@@ -26,6 +26,9 @@ for each thing a block can be, and any other info string (or none) fails the sui
               a line ``...`` stands for any number of lines. After a ``bash slow`` block it is
               recorded output, checked by its own test (``make demo``: test_make_demo_excerpt).
 - ```diagram  a figure drawn in text (layers, data flow): nothing to run; counted.
+
+Each test prints what it ran by kind (``pytest -rP tests/test_docs.py`` shows it); every parsed
+python / bash / text block must have been run or compared, or the test fails.
 """
 
 from __future__ import annotations
