@@ -30,7 +30,8 @@ from muonscope.optim.views import matrices, shares_storage
 from muonscope.orth.orthogonalizers import Orthogonalizer
 
 ADJUST_LR_FNS = (None, "original", "match_rms_adamw", "none")
-CPU_BATCH_BYTES = 4 << 20  # largest batch of same-shape NS inputs stacked on CPU (cache-sized)
+CPU_BATCH_BYTES = 1 << 20  # largest batch of same-shape NS inputs stacked on CPU (cache-sized)
+CPU_MIN_BATCH = 4  # fewer matrices per batch than this: each runs on its own (no stacking copy)
 MOMENTUM_FORMS = ("ema", "sum")
 
 
@@ -177,13 +178,16 @@ def orthogonalize(works: list[Work], want_spectrum: bool, retain: bool = False) 
 
 
 def _chunks(bucket: list[Work]) -> list[list[Work]]:
-    """On CPU, batches of at most :data:`CPU_BATCH_BYTES` (at least one matrix): the elementwise
-    passes of NS (the fused products' input copies, normalization) then stay in cache, which a
-    9 MB batch of 768² bf16 matrices does not (1.3-1.45x slower per matrix than pairs, measured)."""
+    """On CPU, batches of at most :data:`CPU_BATCH_BYTES`, and none of fewer than
+    :data:`CPU_MIN_BATCH` matrices (those run one by one): stacking pays for small matrices, whose
+    per-call overhead it shares, while the elementwise passes of a large batch (the fused products'
+    input copies, normalization) fall out of cache — a 9 MB batch of 768² bf16 matrices ran
+    1.3-1.45x slower per matrix than pairs, and 512² ones were fastest unstacked (measured)."""
     first = bucket[0]
     if first.device.type != "cpu":
         return [bucket]
-    per = max(1, CPU_BATCH_BYTES // (math.prod(first.shape) * first.dtype.itemsize))
+    per = CPU_BATCH_BYTES // (math.prod(first.shape) * first.dtype.itemsize)
+    per = per if per >= CPU_MIN_BATCH else 1
     return [bucket[i:i + per] for i in range(0, len(bucket), per)]
 
 
