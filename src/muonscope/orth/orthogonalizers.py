@@ -162,8 +162,8 @@ class GramNewtonSchulz(NewtonSchulz):
 
 class AutoNewtonSchulz(NewtonSchulz):
     """Per matrix shape: Gram NS where it costs at most ``max_ratio`` of standard NS's FLOPs with
-    the safe restarts of its compute dtype (aspect n/m ≳ 2.3 in bf16, ≳ 1.6 in fp32 for 5 steps),
-    standard NS elsewhere (square matrices). :meth:`choose` names the choice for an m×n matrix."""
+    the safe restarts of its compute dtype (for 5 steps: aspect n/m ≥ 2.7 in bf16, ≥ 2.2 in fp16
+    and fp32, ≥ 2.0 in fp64), standard NS elsewhere. :meth:`choose` names the choice for m×n."""
 
     kind = "auto"
 
