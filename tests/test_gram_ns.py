@@ -291,3 +291,16 @@ def test_planner_chooses_gram_by_flops():
     d = plan.to_dict()
     assert d["default"].get("orthogonalizer") == "auto"  # unknown shapes decide at run time
     assert "orthogonalizer" not in make_plan(laws, 1.2e8).by_type["mlp_up"].config()  # no shapes: as before
+
+
+@pytest.mark.parametrize("kind", ["ns", "gram"])
+def test_fp16_ns_in_the_optimizer_survives_large_gradients(kind):
+    # fp16 tops out at 6.5e4: inputs are stacked in fp32 and normalized before the cast.
+    params = [(n, torch.nn.Parameter(p.detach().float())) for n, p in _params()]
+    for _, p in params:
+        p.grad = torch.randn(p.shape, generator=torch.Generator().manual_seed(2)) * 1e6
+    before = [p.detach().clone() for _, p in params]
+    Muon(params, lr=0.02, ns_dtype=torch.float16, orthogonalizer=kind, momentum=0.0, nesterov=False).step()
+    for (_, p), b in zip(params, before, strict=True):
+        step = p.detach() - b * (1 - 0.02 * 0.1)
+        assert torch.isfinite(step).all() and step.abs().max() > 1e-3

@@ -194,11 +194,13 @@ def _chunks(bucket: list[Work]) -> list[list[Work]]:
 def _orthogonalize_bucket(bucket: list[Work], want_spectrum: bool) -> None:
     """One NS call for same-shape works: a single one on its own input, several stacked."""
     first = bucket[0]
+    # fp16's range (6.5e4) would overflow on stacking: stack in fp32, NS normalizes, then casts
+    dtype = torch.float32 if first.dtype == torch.float16 else first.dtype
     if len(bucket) == 1:
-        X, scratch = first.input_in(first.dtype)
+        X, scratch = first.input_in(dtype)
         first.update, first.spectrum = _call(first.orth, X, want_spectrum, scratch)
     else:
-        G = torch.empty((len(bucket), *first.shape), dtype=first.dtype, device=first.device)
+        G = torch.empty((len(bucket), *first.shape), dtype=dtype, device=first.device)
         for i, w in enumerate(bucket):
             w.materialize_into(G[i])
         O, S = _call(first.orth, G, want_spectrum, True)
