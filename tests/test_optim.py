@@ -280,3 +280,32 @@ def test_functional_muon_update_is_the_optimizer_step(nesterov, form):
         opt.step()
         w = w * (1 - 0.02 * 0.1) - 0.02 * muon_update(G, buf, orth, beta=0.95, nesterov=nesterov, form=form)
     torch.testing.assert_close(p.detach(), w, rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("nesterov", [True, False])
+@pytest.mark.parametrize("hooked", [False, True])
+def test_transposed_storage_runs_ns_on_its_own_layout(nesterov, hooked):
+    """HF Conv1D-style (in, out) weights: NS runs on the stored layout (NS(Xᵀ) = NS(X)ᵀ), so the
+    result equals orthogonalizing the (out, in) matrix; hooks still see (out, in) matrices."""
+    g = torch.Generator().manual_seed(3)
+    shapes = [(24, 40), (24, 40), (40, 24), (16, 16)]
+    raw = [torch.randn(s, generator=g, dtype=torch.float64) for s in shapes]
+    grads = [[torch.randn(s, generator=g, dtype=torch.float64) for s in shapes] for _ in range(3)]
+    conv = [(f"c{i}.weight", nn.Parameter(w.clone())) for i, w in enumerate(raw)]
+    lin = [(f"l{i}.weight", nn.Parameter(w.T.clone())) for i, w in enumerate(raw)]
+    kw = dict(lr=0.05, ns_dtype=torch.float64, nesterov=nesterov, adjust_lr_fn="original")
+    a = Muon(conv, views={r"^c\d\.weight$": "transposed"}, **kw)
+    b = Muon(lin, views={r"^l\d\.weight$": "matrix"}, **kw)
+    rec = Recorder()
+    if hooked:
+        a.register_orth_hook(rec)
+    for step in grads:
+        for (_, p), (_, q), gr in zip(conv, lin, step, strict=True):
+            p.grad, q.grad = gr.clone(), gr.T.clone()
+        a.step()
+        b.step()
+    for (_, p), (_, q) in zip(conv, lin, strict=True):
+        torch.testing.assert_close(p.detach().T, q.detach(), rtol=0, atol=1e-12)
+    for e in rec.events:
+        out_features = e.param.shape[1]
+        assert e.matrix.shape[0] == out_features and e.update.shape == e.matrix.shape

@@ -115,33 +115,50 @@ class Work:
         g = self.group
         return float(g["momentum"]), bool(g["nesterov"]), g["momentum_form"]
 
-    def materialize(self) -> torch.Tensor:
-        if self.matrix is not None:
-            return self.matrix
-        return ns_input(self.grad, self.momentum, *self._recipe)
+    @property
+    def stored_transposed(self) -> bool:
+        """Whether the inputs are transposed views of contiguous tensors (HF ``Conv1D`` weights,
+        ``experts_t`` stacks): NS then runs on their transposes, which are contiguous, since
+        NS(Xᵀ) = NS(X)ᵀ — no strided mixed-dtype pass on the way in or out."""
+        if self.matrix is not None or self.grad is None or self.momentum is None:
+            return False
+        return all(t.ndim == 2 and not t.is_contiguous() and t.mT.is_contiguous() for t in (self.grad, self.momentum))
 
-    def materialize_into(self, out: torch.Tensor) -> None:
-        """Write the NS input into ``out`` (e.g. a bf16 batch slot): the elementwise op computes
-        in the inputs' dtype and rounds once on store, exactly as forming it and then casting."""
+    def _sources(self, t: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        return (self.grad.mT, self.momentum.mT) if t else (self.grad, self.momentum)
+
+    def materialize(self, t: bool = False) -> torch.Tensor:
+        """The NS input (its transpose with ``t``)."""
+        if self.matrix is not None:
+            return self.matrix.mT if t else self.matrix
+        return ns_input(*self._sources(t), *self._recipe)
+
+    def materialize_into(self, out: torch.Tensor, t: bool = False) -> None:
+        """Write the NS input (its transpose with ``t``) into ``out`` (e.g. a bf16 batch slot): the
+        elementwise op computes in the inputs' dtype and rounds once on store, exactly as forming
+        it and then casting."""
         beta, nesterov, form = self._recipe
         if self.matrix is not None or not nesterov:
-            out.copy_(self.materialize())
-        elif form == "ema":
-            torch.lerp(self.grad, self.momentum, beta, out=out)
+            out.copy_(self.materialize(t))
+            return
+        g, m = self._sources(t)
+        if form == "ema":
+            torch.lerp(g, m, beta, out=out)
         else:
-            torch.add(self.grad, self.momentum, alpha=beta, out=out)
+            torch.add(g, m, alpha=beta, out=out)
 
-    def input_in(self, dtype: torch.dtype) -> tuple[torch.Tensor, bool]:
-        """The NS input in ``dtype`` and whether it is scratch (formed here, free to overwrite):
-        the momentum view itself when possible, else formed once."""
+    def input_in(self, dtype: torch.dtype, t: bool = False) -> tuple[torch.Tensor, bool]:
+        """The NS input (its transpose with ``t``) in ``dtype`` and whether it is scratch (formed
+        here, free to overwrite): the momentum view itself when possible, else formed once."""
         nesterov = self._recipe[1]
         if self.matrix is None and (not nesterov or self.grad.dtype == dtype):
-            X, owned = self.materialize(), nesterov  # Nesterov forms a fresh tensor; else the buffer
+            X, owned = self.materialize(t), nesterov  # Nesterov forms a fresh tensor; else the buffer
         else:
-            X, owned = self.matrix, False
+            X, owned = (None if self.matrix is None else self.materialize(t)), False
         if X is None or X.dtype != dtype:
-            X, owned = torch.empty(self.shape, dtype=dtype, device=self.device), True
-            self.materialize_into(X)
+            shape = self.shape[::-1] if t else self.shape
+            X, owned = torch.empty(shape, dtype=dtype, device=self.device), True
+            self.materialize_into(X, t)
         return X, owned
 
 
@@ -168,13 +185,14 @@ def orthogonalize(works: list[Work], want_spectrum: bool, retain: bool = False) 
             if retain:
                 w.matrix = w.materialize()
             continue
-        buckets.setdefault((w.key, m, n, w.dtype, w.device), []).append(w)
-    for whole in buckets.values():
+        t = w.stored_transposed
+        buckets.setdefault((w.key, *((n, m) if t else (m, n)), t, w.dtype, w.device), []).append(w)
+    for (*_, t, _, _), whole in buckets.items():
         if retain:  # hooks see each NS input as formed, in its own dtype
             for w in whole:
                 w.matrix = w.materialize()
         for bucket in _chunks(whole):
-            _orthogonalize_bucket(bucket, want_spectrum)
+            _orthogonalize_bucket(bucket, want_spectrum, t)
 
 
 def _chunks(bucket: list[Work]) -> list[list[Work]]:
@@ -191,21 +209,24 @@ def _chunks(bucket: list[Work]) -> list[list[Work]]:
     return [bucket[i:i + per] for i in range(0, len(bucket), per)]
 
 
-def _orthogonalize_bucket(bucket: list[Work], want_spectrum: bool) -> None:
-    """One NS call for same-shape works: a single one on its own input, several stacked."""
+def _orthogonalize_bucket(bucket: list[Work], want_spectrum: bool, t: bool = False) -> None:
+    """One NS call for same-shape works: a single one on its own input, several stacked; with
+    ``t`` on the inputs' (contiguous) transposes, each update then handed back as a transposed view."""
     first = bucket[0]
     # fp16's range (6.5e4) would overflow on stacking: stack in fp32, NS normalizes, then casts
     dtype = torch.float32 if first.dtype == torch.float16 else first.dtype
     if len(bucket) == 1:
-        X, scratch = first.input_in(dtype)
-        first.update, first.spectrum = _call(first.orth, X, want_spectrum, scratch)
+        X, scratch = first.input_in(dtype, t)
+        O, first.spectrum = _call(first.orth, X, want_spectrum, scratch)
+        first.update = O.mT if t else O
     else:
-        G = torch.empty((len(bucket), *first.shape), dtype=dtype, device=first.device)
+        shape = first.shape[::-1] if t else first.shape
+        G = torch.empty((len(bucket), *shape), dtype=dtype, device=first.device)
         for i, w in enumerate(bucket):
-            w.materialize_into(G[i])
+            w.materialize_into(G[i], t)
         O, S = _call(first.orth, G, want_spectrum, True)
         for i, w in enumerate(bucket):
-            w.update = O[i]
+            w.update = O[i].mT if t else O[i]
             w.spectrum = S[i] if S is not None else None
     if want_spectrum:
         for w in bucket:
