@@ -218,6 +218,7 @@ def _orthogonalize_bucket(bucket: list[Work], want_spectrum: bool, t: bool = Fal
     if len(bucket) == 1:
         X, scratch = first.input_in(dtype, t)
         O, first.spectrum = _call(first.orth, X, want_spectrum, scratch)
+        O = O.to(first.dtype)  # updates come back in the compute dtype (a no-op unless fp16)
         first.update = O.mT if t else O
     else:
         shape = first.shape[::-1] if t else first.shape
@@ -225,6 +226,7 @@ def _orthogonalize_bucket(bucket: list[Work], want_spectrum: bool, t: bool = Fal
         for i, w in enumerate(bucket):
             w.materialize_into(G[i], t)
         O, S = _call(first.orth, G, want_spectrum, True)
+        O = O.to(first.dtype)
         for i, w in enumerate(bucket):
             w.update = O[i].mT if t else O[i]
             w.spectrum = S[i] if S is not None else None
