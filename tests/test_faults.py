@@ -8,9 +8,7 @@ does. Every writer must then raise a typed error naming the path, keep what was 
 
 from __future__ import annotations
 
-import contextlib
 import errno
-import io
 import json
 import os
 import signal
@@ -24,8 +22,8 @@ import pytest
 import torch
 
 import muonscope._atomic as atomic_mod
+from helpers import run_cli
 from muonscope._atomic import atomic_write, created_dirs
-from muonscope.cli import main
 from muonscope.errors import ConfigError, MuonscopeError, StoreError
 from muonscope.experiments.train import CHECKPOINT, TrainConfig, train
 from muonscope.spectra.store import RunLock, RunStore, lock_holder
@@ -34,15 +32,6 @@ BASE = dict(preset="tiny", steps=30, batch_size=8, corpus_bytes=300_000, monitor
             checkpoint_every=10, eval_batches=2, bf16_autocast=False)
 
 
-def run_cli(*args) -> tuple[int, str, str]:
-    out, err = io.StringIO(), io.StringIO()
-    code = 0
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        try:
-            main([str(a) for a in args])
-        except SystemExit as exc:
-            code = exc.code if isinstance(exc.code, int) else 1
-    return code, out.getvalue(), err.getvalue()
 
 
 def temp_files(root: Path) -> list[Path]:

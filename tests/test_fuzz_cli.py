@@ -11,8 +11,6 @@ resume mistakes (no run, conflicting options).
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 import os
 import stat
@@ -22,7 +20,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from muonscope.cli import main
+from helpers import run_cli as run_cli_star
 from muonscope.experiments.config import TrainConfig
 
 LONG = "x" * 300  # one path component over NAME_MAX (255 bytes)
@@ -30,14 +28,7 @@ LONG = "x" * 300  # one path component over NAME_MAX (255 bytes)
 
 # --- harness ---------------------------------------------------------------------------------------
 def run_cli(args) -> tuple[int, str, str]:
-    out, err = io.StringIO(), io.StringIO()
-    code = 0
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        try:
-            main([str(a) for a in args])
-        except SystemExit as exc:
-            code = exc.code if isinstance(exc.code, int) else 1
-    return code, out.getvalue(), err.getvalue()
+    return run_cli_star(*args)
 
 
 def snapshot(root: Path) -> dict:
