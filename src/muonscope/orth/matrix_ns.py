@@ -192,8 +192,6 @@ def newton_schulz(
     Tall matrices iterate X ← aX + X(bA + cA²) with A = XᵀX (the same map, nothing transposed).
     ``overwrite=True`` lets it normalize G in place (G is scratch the caller owns).
     """
-    if G.ndim < 2:
-        raise ShapeError(f"newton_schulz needs a (..., m, n) tensor, got shape {tuple(G.shape)}")
     sched = get_schedule(schedule)
     steps = sched.default_steps if steps is None else steps
     coeffs = sched.step_coefficients(steps)
