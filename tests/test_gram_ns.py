@@ -288,9 +288,51 @@ def test_planner_chooses_gram_by_flops():
         assert c.ns_flops == (gram if pays else A.ns_flops(m, n, c.steps))
         assert c.matmuls == (mm if pays else A.ns_matmuls(c.steps))
         assert c.config().get("orthogonalizer", "ns") == c.orthogonalizer
+        assert c.config().get("restarts") == (list(restarts) if pays else None)
+    # The plan's restarts travel with it: run in fp32 (whose default restarts differ), each planned
+    # matrix costs exactly what the plan says.
+    names = {"blocks.0.q.weight": ("q", 0.0), "blocks.0.mlp_up.weight": ("mlp_up", 0.0),
+             "blocks.0.mlp_down.weight": ("mlp_down", 0.0)}
+    named = make_plan(laws, 1.2e8, shapes=shapes, ns_dtype="bfloat16", names=names)
+    params = [(n, torch.nn.Parameter(torch.randn(shapes[lt]))) for n, (lt, _) in names.items()]
+    opt = Muon(params, lr=0.02, ns_dtype=torch.float32, plan=named.to_dict())
+    _run(opt, params, steps=1)
+    for n, (lt, _) in names.items():
+        assert opt.stats["layers"][n]["last_ns_flops"] == named.params[n].ns_flops
     d = plan.to_dict()
     assert d["default"].get("orthogonalizer") == "auto"  # unknown shapes decide at run time
     assert "orthogonalizer" not in make_plan(laws, 1.2e8).by_type["mlp_up"].config()  # no shapes: as before
+
+
+def test_plan_restarts_are_the_ones_run():
+    # float64's default is no restart: a plan's [2] must change the products run, and the update
+    # must equal the one of a Gram orthogonalizer built with restarts (2,).
+    planned, direct = _params(), _params()
+    plan = {"params": {"up": {"schedule": "jordan", "steps": 5, "orthogonalizer": "gram", "restarts": [2]},
+                       "down": {"schedule": "jordan", "steps": 5, "orthogonalizer": "auto", "restarts": [2]}}}
+    a = Muon(planned, lr=0.02, ns_dtype=torch.float64, plan=plan)
+    b = Muon(direct, lr=0.02, ns_dtype=torch.float64,
+             orthogonalizer=GramNewtonSchulz("jordan", 5, dtype=torch.float64, restarts=(2,)))
+    _run(a, planned, steps=2)
+    _run(b, direct, steps=2)
+    for (n, p), (_, r) in zip(planned, direct, strict=True):
+        if n in ("up", "down"):
+            torch.testing.assert_close(p, r, rtol=0, atol=1e-12)
+    layers = a.stats["layers"]
+    assert layers["up"]["last_ns_flops"] == A.gram_ns_cost(128, 32, 5, (2,))[0] != A.gram_ns_cost(128, 32, 5, ())[0]
+    assert layers["down"]["last_ns_flops"] == A.gram_ns_cost(32, 128, 5, (2,))[0]
+
+
+@pytest.mark.parametrize("entry, match", [
+    ({"orthogonalizer": "ns", "restarts": [2]}, "restarts apply to Gram NS"),
+    ({"orthogonalizer": "exact", "restarts": [1]}, "restarts apply to Gram NS"),
+    ({"orthogonalizer": "gram", "restarts": 2}, "must be a list of step numbers"),
+    ({"orthogonalizer": "gram", "restarts": [0]}, "step numbers >= 1"),
+    ({"orthogonalizer": "gram", "restarts": ["x"]}, "step numbers >= 1"),
+])
+def test_bad_plan_restarts_are_refused(entry, match):
+    with pytest.raises(ConfigError, match=match):
+        Muon(_params(), plan={"params": {"up": entry}})
 
 
 @pytest.mark.parametrize("kind", ["ns", "gram"])

@@ -103,6 +103,7 @@ class LayerChoice:
     shape: tuple[int, int] | None = None  # the target's (rows, cols) of this layer type, if given
     ns_flops: int | None = None  # FLOPs of one call of the chosen implementation on ``shape``
     gram_matmuls: int | None = None  # products of one Gram-NS call (when Gram is chosen)
+    restarts: tuple[int, ...] | None = None  # the Gram-NS restarts its cost assumed (when Gram is chosen)
 
     @property
     def exact(self) -> bool:
@@ -128,7 +129,11 @@ class LayerChoice:
         if self.exact:
             return {"orthogonalizer": "exact", "layer_type": self.layer_type}
         out = {"schedule": self.schedule.name, "steps": self.steps, "layer_type": self.layer_type}
-        return out if self.orthogonalizer == "ns" else {**out, "orthogonalizer": self.orthogonalizer}
+        if self.orthogonalizer != "ns":
+            out["orthogonalizer"] = self.orthogonalizer
+        if self.restarts is not None:
+            out["restarts"] = list(self.restarts)
+        return out
 
 
 def plan_options(ell: float, rho: float = FAILURE_RHO, *, families: Sequence[str] = FAMILIES,
@@ -321,7 +326,7 @@ def make_plan(laws: Laws, target_params: float, *, quantile: float = 0.5, rho: f
     def unshaped(c: LayerChoice) -> LayerChoice:  # shape unknown: "auto" decides per matrix at run time
         if not shapes or c.exact:
             return c
-        return replace(c, orthogonalizer="auto", shape=None, ns_flops=None, gram_matmuls=None)
+        return replace(c, orthogonalizer="auto", shape=None, ns_flops=None, gram_matmuls=None, restarts=None)
 
     by_depth = [implemented(pick(f))
                 for f in sorted(fits, key=lambda f: (f.layer_type, math.isnan(f.rel_depth), f.rel_depth))]
@@ -348,8 +353,9 @@ def make_plan(laws: Laws, target_params: float, *, quantile: float = 0.5, rho: f
 def with_implementation(choice: LayerChoice, shape: tuple[int, int], ns_dtype: str = "bfloat16",
                         max_ratio: float = 0.85) -> LayerChoice:
     """``choice`` with its implementation chosen for an m×n matrix: Gram NS (restarts: the safe
-    default of ``ns_dtype``) if its FLOPs are at most ``max_ratio`` of standard NS's, else standard.
-    The exact polar factor is left as it is."""
+    default of ``ns_dtype``, recorded in the plan so the run uses the restarts that were costed)
+    if its FLOPs are at most ``max_ratio`` of standard NS's, else standard. The exact polar factor
+    is left as it is."""
     try:
         m, n = (int(shape[0]), int(shape[1]))
     except (TypeError, ValueError, IndexError):
@@ -361,9 +367,10 @@ def with_implementation(choice: LayerChoice, shape: tuple[int, int], ns_dtype: s
     restarts = gram_default_restarts(ns_dtype, choice.steps)
     if gram_pays(m, n, choice.steps, restarts, max_ratio):
         flops, mm = gram_ns_cost(m, n, choice.steps, restarts)
-        return replace(choice, orthogonalizer="gram", shape=(m, n), ns_flops=flops, gram_matmuls=mm)
+        return replace(choice, orthogonalizer="gram", shape=(m, n), ns_flops=flops, gram_matmuls=mm,
+                       restarts=restarts)
     return replace(choice, orthogonalizer="ns", shape=(m, n), ns_flops=ns_flops(m, n, choice.steps),
-                   gram_matmuls=None)
+                   gram_matmuls=None, restarts=None)
 
 
 def choose_by_statistic(spectrum: np.ndarray, criterion: Criterion, *, families: Sequence[str] = FAMILIES,

@@ -197,7 +197,8 @@ class Muon(Optimizer):
         for entry in [*self.plan.params.values(), self.plan.default] if self.plan is not None else ():
             if entry is not None:  # an unknown orthogonalizer kind fails here, not at the first step
                 V.ns_coefficients(f"plan schedule {entry.schedule.name!r}", entry.schedule.coefficients)
-                make_orthogonalizer(entry.orthogonalizer, schedule=entry.schedule, steps=entry.steps)
+                make_orthogonalizer(entry.orthogonalizer, schedule=entry.schedule, steps=entry.steps,
+                                    restarts=entry.restarts)
         self._distributed = distributed
         self._process_group = process_group
         if views is not None and not isinstance(views, Mapping):

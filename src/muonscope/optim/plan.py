@@ -11,7 +11,9 @@ A plan maps exact parameter names to an NS configuration (schedule, steps)::
 ``steps`` defaults to the schedule's ``default_steps``. An entry may also name an
 ``orthogonalizer`` kind: "ns" (standard NS, the default), "gram" (Gram NS: the same map, fewer
 FLOPs on wide matrices), "auto" (Gram where the aspect ratio pays, standard elsewhere), "exact",
-"hybrid" or any registered kind. Extra keys are ignored; anything malformed raises
+"hybrid" or any registered kind; "gram" and "auto" entries may fix Gram NS's ``restarts`` (step
+numbers after which it restarts from the current iterate, e.g. ``[1, 3]``; default: the safe
+positions of the compute dtype). Extra keys are ignored; anything malformed raises
 :class:`~muonscope.errors.ConfigError`.
 """
 
@@ -38,6 +40,7 @@ class ParamPlan:
     steps: int
     orthogonalizer: str = "ns"
     layer_type: str | None = None
+    restarts: tuple[int, ...] | None = None  # Gram NS restart positions (None: the dtype's default)
 
 
 class Plan:
@@ -82,12 +85,18 @@ def _entry(where: str, entry, schedules: Mapping[str, Schedule]) -> ParamPlan:
     kind = entry.get("orthogonalizer", "ns")
     if not isinstance(kind, str):
         raise ConfigError(f"plan {where}: 'orthogonalizer' must be a string, got {kind!r}")
+    restarts = entry.get("restarts")
+    if restarts is not None and not isinstance(restarts, (list, tuple)):
+        raise ConfigError(f"plan {where}: 'restarts' must be a list of step numbers, got {restarts!r}")
     try:
-        make_orthogonalizer(kind, schedule=sched, steps=steps)
+        orth = make_orthogonalizer(kind, schedule=sched, steps=steps,
+                                   restarts=None if restarts is None else tuple(restarts))
     except ConfigError as exc:
         raise ConfigError(f"plan {where}: {exc}") from None
+    if restarts is not None:
+        restarts = (orth.gram if kind == "auto" else orth).restarts
     layer_type = entry.get("layer_type")
-    return ParamPlan(sched, steps, kind, layer_type if isinstance(layer_type, str) else None)
+    return ParamPlan(sched, steps, kind, layer_type if isinstance(layer_type, str) else None, restarts)
 
 
 def load_plan(plan) -> Plan:

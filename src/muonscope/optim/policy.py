@@ -76,8 +76,9 @@ def configured(name: str, group: dict, plan, cache: dict) -> tuple[Orthogonalize
     ``cache`` so batching can group matrices by key."""
     dtype, eps = group["ns_dtype"], float(group["eps"])
     entry = plan.for_param(name) if plan is not None else None
+    restarts = None
     if entry is not None:
-        kind, sched, steps = entry.orthogonalizer, entry.schedule, entry.steps
+        kind, sched, steps, restarts = entry.orthogonalizer, entry.schedule, entry.steps, entry.restarts
     else:
         kind = group["orthogonalizer"]
         if isinstance(kind, Orthogonalizer):
@@ -91,9 +92,9 @@ def configured(name: str, group: dict, plan, cache: dict) -> tuple[Orthogonalize
         else:
             sched = get_schedule(sched)
         steps = group["ns_steps"] if group["ns_steps"] not in (None, ADAPTIVE) else sched.default_steps
-    key = (kind, dtype) if kind == "exact" else (kind, sched, steps, dtype, eps)
+    key = (kind, dtype) if kind == "exact" else (kind, sched, steps, dtype, eps, restarts)
     orth = cache.get(key)
     if orth is None:
-        orth = cache[key] = make_orthogonalizer(kind, schedule=sched, steps=steps, eps=eps,
+        orth = cache[key] = make_orthogonalizer(kind, schedule=sched, steps=steps, eps=eps, restarts=restarts,
                                                 dtype=getattr(torch, dtype) if dtype else None)
     return orth, key

@@ -163,16 +163,18 @@ class GramNewtonSchulz(NewtonSchulz):
 class AutoNewtonSchulz(NewtonSchulz):
     """Per matrix shape: Gram NS where it costs at most ``max_ratio`` of standard NS's FLOPs with
     the safe restarts of its compute dtype (for 5 steps: aspect n/m ≥ 2.7 in bf16, ≥ 2.2 in fp16
-    and fp32, ≥ 2.0 in fp64), standard NS elsewhere. :meth:`choose` names the choice for m×n."""
+    and fp32, ≥ 2.0 in fp64) or the given ``restarts``, standard NS elsewhere. :meth:`choose`
+    names the choice for m×n."""
 
     kind = "auto"
 
     def __init__(self, schedule: str | Schedule = "jordan", steps: int | None = None, *,
-                 dtype: torch.dtype | None = None, eps: float = 1e-7, max_ratio: float = 0.85) -> None:
+                 dtype: torch.dtype | None = None, eps: float = 1e-7, max_ratio: float = 0.85,
+                 restarts: Iterable[int] | None = None) -> None:
         super().__init__(schedule, steps, dtype=dtype, eps=eps)
         self.max_ratio = float(max_ratio)
         self.standard = NewtonSchulz(self.schedule, self.steps, dtype=dtype, eps=eps)
-        self.gram = GramNewtonSchulz(self.schedule, self.steps, dtype=dtype, eps=eps)
+        self.gram = GramNewtonSchulz(self.schedule, self.steps, dtype=dtype, eps=eps, restarts=restarts)
 
     def choose(self, m: int, n: int, device: torch.device | str = "cpu") -> NewtonSchulz:
         """The orthogonalizer an m×n matrix on ``device`` gets (Gram one with fixed dtype/restarts)."""
@@ -229,6 +231,7 @@ class ExactPolar(Orthogonalizer):
 
 
 _FACTORIES: dict[str, Callable[..., Orthogonalizer]] = {}
+RESTARTABLE = ("gram", "auto")  # the kinds whose Gram-NS restart positions can be set
 
 
 def register_orthogonalizer(kind: str, factory: Callable[..., Orthogonalizer]) -> None:
@@ -248,10 +251,16 @@ register_orthogonalizer("exact", lambda schedule=None, steps=None, dtype=None, e
 
 def make_orthogonalizer(kind: str | Orthogonalizer = "ns", *, schedule: str | Schedule = "jordan",
                         steps: int | None = None, dtype: torch.dtype | None = None,
-                        eps: float = 1e-7) -> Orthogonalizer:
-    """Build an orthogonalizer from a kind name ("ns", "gram", "auto", "exact", or a registered one)."""
+                        eps: float = 1e-7, restarts: Iterable[int] | None = None) -> Orthogonalizer:
+    """Build an orthogonalizer from a kind name ("ns", "gram", "auto", "exact", or a registered one).
+    ``restarts`` (Gram-NS restart positions) applies to the kinds that take it: "gram" and "auto"."""
     if isinstance(kind, Orthogonalizer):
         return kind
+    if restarts is not None:
+        if kind not in RESTARTABLE:
+            raise ConfigError(f"restarts apply to Gram NS ({', '.join(RESTARTABLE)}), not to {kind!r}")
+        ortho = (GramNewtonSchulz if kind == "gram" else AutoNewtonSchulz)
+        return ortho(schedule, steps, dtype=dtype, eps=eps, restarts=restarts)
     if kind not in _FACTORIES:
         import muonscope.orth.hybrid  # noqa: F401  (registers the "hybrid" kind)
     try:
