@@ -191,3 +191,50 @@ def test_convergence_and_compare_commands(cli, sweep, laws_path, tmp_path):
     one_line_error(cli("compare", laws_path, laws_copy, "--names", "x"))
     one_line_error(cli("convergence", sweep, "-o", tmp_path / "c2", "--width", "0"))
     assert not (tmp_path / "c2").exists()
+
+
+def test_plan_chooses_gram_from_the_target_shapes(cli, laws_path, tmp_path):
+    from muonscope.orth import analysis as A
+
+    config = tmp_path / "config.json"  # a Llama-style config: GQA k/v (1024×4096), wide MLP
+    config.write_text(json.dumps({"hidden_size": 4096, "intermediate_size": 14336, "num_attention_heads": 32,
+                                  "num_key_value_heads": 8, "model_type": "llama"}))
+    out = tmp_path / "plan.json"
+    code, stdout, err = cli("plan", laws_path, "-p", "8e9", "--shapes-from", config, "--ns-dtype", "float32",
+                            "-o", out)
+    assert code == 0, err
+    assert "(gram)" in stdout
+    d = json.loads(out.read_text())
+    q, up = d["layer_types"]["q"], d["layer_types"]["mlp_up"]
+    assert "orthogonalizer" not in q and q["ns_flops"] == A.ns_flops(4096, 4096, q["steps"])  # square: standard
+    assert up["orthogonalizer"] == "gram" and up["restarts"] == list(A.gram_default_restarts("float32", up["steps"]))
+    assert up["ns_flops"] == A.gram_ns_cost(14336, 4096, up["steps"], up["restarts"])[0]
+    # the same from a {layer_type: [rows, cols]} mapping
+    mapping = tmp_path / "shapes.json"
+    mapping.write_text(json.dumps({"q": [4096, 4096], "mlp_up": [14336, 4096]}))
+    code, _, err = cli("plan", laws_path, "-p", "8e9", "--shapes-from", mapping, "--ns-dtype", "float32", "-o", out)
+    assert code == 0, err
+    assert json.loads(out.read_text())["layer_types"]["mlp_up"] == up
+
+
+@pytest.mark.parametrize("content, match", [
+    ('{"q": [4096]}', "rows, cols"), ('{"q": [0, 4]}', "rows, cols"), ('{"hidden_size": 64}', "attention heads"),
+    ('{"hidden_size": 60, "num_attention_heads": 8}', "multiple of 8 heads"), ('[1]', "JSON object"),
+    ('{"hidden_size": -4, "num_attention_heads": 2}', "positive integer"), ("nope", "not valid JSON"),
+])
+def test_plan_refuses_bad_shapes_and_writes_nothing(cli, laws_path, tmp_path, content, match):
+    bad = tmp_path / "shapes.json"
+    bad.write_text(content)
+    out = tmp_path / "plan.json"
+    assert match in one_line_error(cli("plan", laws_path, "-p", "7e10", "--shapes-from", bad, "-o", out))
+    assert not out.exists()
+
+
+def test_plan_shape_option_errors(cli, laws_path, tmp_path):
+    assert "no such file" in one_line_error(cli("plan", laws_path, "-p", "7e10", "--shapes-from", tmp_path / "x"))
+    good = tmp_path / "s.json"
+    good.write_text('{"q": [8, 8]}')
+    assert "--ns-dtype" in one_line_error(cli("plan", laws_path, "-p", "7e10", "--shapes-from", good,
+                                              "--ns-dtype", "int8"))
+    assert "--verify" in one_line_error(cli("plan", laws_path, "--verify", "-o", tmp_path / "v",
+                                            "--shapes-from", good))

@@ -248,6 +248,21 @@ def read_names(path: Path) -> dict:
     return {n: (index(n).layer_type, index(n).rel_depth) for n in names}
 
 
+NS_DTYPES = ("bfloat16", "float16", "float32", "float64")
+
+
+def read_shapes_file(path: Path) -> dict:
+    """{layer_type: (rows, cols)} from a Hugging Face config.json or a JSON shape mapping."""
+    from muonscope._jsonfile import read_json
+    from muonscope.laws.shapes import read_shapes
+
+    raw = read_json(path, ConfigError, missing=f"--shapes-from {path}: no such file")
+    try:
+        return read_shapes(raw)
+    except ConfigError as exc:
+        fail(f"--shapes-from {path}: {exc}")
+
+
 def load_criterion(spec: str, quantile: float, rho: float):
     """``calibrated`` (shipped), ``lift-quantile`` (the original rule with --quantile/--rho) or a JSON path."""
     from muonscope._jsonfile import read_json
@@ -278,8 +293,9 @@ def plan_table(plan) -> Table:
         depth = fmt_depth(c.rel_depth) if c.rel_depth == c.rel_depth else f"all (d={fmt_depth(c.worst_depth)})"
         alts = " / ".join("-" if o.steps is None else str(o.steps) for o in c.options)
         p = c.prediction
+        label = c.label if c.orthogonalizer == "ns" or c.exact else f"{c.label} ({c.orthogonalizer})"
         row = [c.layer_type, depth, f"{c.alpha:.3f}", f"{p.center:.2g} [{p.low:.2g}, {p.high:.2g}]",
-               c.label, "SVD" if c.exact else str(c.matmuls), f"{c.tau:.3g}"]
+               label, "SVD" if c.exact else str(c.matmuls), f"{c.tau:.3g}"]
         row += [f"{c.stat:.3g}", f"{c.bound:.3g}"] if statistic else []
         table.add_row(*row, alts)
     return table
@@ -297,6 +313,11 @@ def plan_cmd(
     names_from: Path = typer.Option(None, "--names-from", help="Parameter names: a run directory, a JSON "
                                     "{name: [layer_type, rel_depth]} or a text file with one name per line."),
     max_steps: int = typer.Option(16, "--max-steps", help="Largest NS step count considered."),
+    shapes_from: Path = typer.Option(None, "--shapes-from", help="The target's matrix shapes: a Hugging Face "
+                                     "config.json or a JSON {layer_type: [rows, cols]}; each layer then gets Gram "
+                                     "or standard NS by FLOPs (without it: 'auto' decides per matrix at run time)."),
+    ns_dtype: str = typer.Option("bfloat16", "--ns-dtype", help="--shapes-from: the NS dtype of the target run "
+                                 "(sets Gram NS's restarts and so its cost): bfloat16, float16, float32, float64."),
     out: Path = typer.Option(None, "--out", "-o", help="Plan JSON (several sizes: one file per size, suffixed); "
                              "with --verify: the verification directory."),
     verify: bool = typer.Option(False, "--verify", help="Closed loop: plan each of --presets for its own size, "
@@ -320,6 +341,8 @@ def plan_cmd(
     if verify:
         if out is None:
             fail("--verify needs --out DIR for its runs and plans")
+        if shapes_from is not None:
+            fail("--shapes-from applies to --params plans; --verify plans its presets' own matrices")
         steps = V.steps("--steps", steps, low=2)
         threads = threads_option("--threads", threads, zero_ok=False)
         seed_list = number_list(seeds, "--seeds", V.seed)
@@ -340,10 +363,14 @@ def plan_cmd(
     if out is not None:
         for size in sizes:
             check_file_target(_plan_dest(out, size, len(sizes)), "--out")
+    if ns_dtype not in NS_DTYPES:
+        fail(f"--ns-dtype must be one of {', '.join(NS_DTYPES)}, got {ns_dtype!r}")
+    shapes = read_shapes_file(shapes_from) if shapes_from is not None else None
     names = read_names(names_from) if names_from is not None else None
     laws = load_laws(laws_path)
     for size in sizes:
-        plan = make_plan(laws, size, level=level, names=names, max_steps=max_steps, criterion=crit)
+        plan = make_plan(laws, size, level=level, names=names, max_steps=max_steps, criterion=crit,
+                         shapes=shapes, ns_dtype=ns_dtype)
         console.print(plan_table(plan))
         if plan.unconverged:
             console.print(f"[yellow]note: {len(plan.unconverged)} exponent(s) this plan extrapolates have not "
