@@ -155,3 +155,22 @@ def test_cli_json_and_exit_codes(tmp_path):
     err = _cli("--script", f"{script}:missing")
     assert err.returncode == 2 and err.stderr.count("\n") == 1 and "no function 'missing'" in err.stderr
     assert _cli().returncode == 2
+
+
+@pytest.mark.parametrize("body, call, what", [
+    ("def build():\n    raise ValueError('bad setup')\n", "build", "build() raised ValueError: bad setup"),
+    ("raise RuntimeError('at import')\n", "build", "importing it raised RuntimeError: at import"),
+    ("import torch\ndef build():\n    m = torch.nn.Linear(4, 4)\n"
+     "    def loss_fn(model, batch):\n        return model(batch).sum() / undefined_name\n"
+     "    return m, torch.optim.SGD(m.parameters(), lr=0.1), [torch.randn(2, 4)] * 3, loss_fn\n",
+     "build", "a training step raised NameError"),
+])
+def test_cli_script_errors_show_the_scripts_frames_then_one_line(tmp_path, body, call, what):
+    script = tmp_path / "setup.py"
+    script.write_text(body)
+    r = _cli("--script", f"{script}:{call}", "--steps", "2")
+    assert r.returncode == 2, r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert lines[0] == "Traceback (the --script's frames):" and str(script) in lines[1]
+    assert lines[-1].startswith("muonscope: error: --script setup.py: ") and what in lines[-1]
+    assert "muonscope/" not in r.stderr  # none of the library's frames

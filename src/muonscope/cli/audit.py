@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import sys
+import traceback
 from pathlib import Path
 
 import typer
@@ -22,6 +23,23 @@ def findings_table(report) -> Table:
     return table
 
 
+def _in_script(path: Path, what: str, fn, *args, **kwargs):
+    """``fn(*args, **kwargs)``; an exception raised in the user's script is shown as its traceback
+    through the script's own frames, then one ``muonscope: error:`` line (exit code 2)."""
+    from muonscope.errors import MuonscopeError
+
+    try:
+        return fn(*args, **kwargs)
+    except (MuonscopeError, KeyboardInterrupt):
+        raise
+    except Exception as exc:
+        frames = [f for f in traceback.extract_tb(exc.__traceback__) if Path(f.filename).resolve() == path]
+        if not frames:
+            raise
+        sys.stderr.write("Traceback (the --script's frames):\n" + "".join(traceback.format_list(frames)))
+        fail(f"--script {path.name}: {what} raised {type(exc).__name__}: {exc}")
+
+
 def _load_script(spec: str):
     """``path.py:function`` → what the function returns: (model, optimizer, batches[, loss_fn]) or a
     dict with those keys."""
@@ -32,15 +50,16 @@ def _load_script(spec: str):
         fail(f"--script: {path} does not exist")
     mod_spec = importlib.util.spec_from_file_location("_muonscope_audit_script", path)
     module = importlib.util.module_from_spec(mod_spec)
-    sys.path.insert(0, str(Path(path).resolve().parent))
+    where = Path(path).resolve()
+    sys.path.insert(0, str(where.parent))
     try:
-        mod_spec.loader.exec_module(module)
+        _in_script(where, "importing it", mod_spec.loader.exec_module, module)
     finally:
         sys.path.pop(0)
     fn = getattr(module, func, None)
     if not callable(fn):
         fail(f"--script: {path} has no function {func!r}")
-    out = fn()
+    out = _in_script(where, f"{func}()", fn)
     if isinstance(out, dict):
         if not {"model", "optimizer", "batches"} <= set(out):
             fail(f"--script: {func}() must return model, optimizer and batches (got keys {sorted(out)})")
@@ -84,7 +103,11 @@ def audit_cmd(
         batches, loss_fn = D.batches(), None
     else:
         model, opt, batches, loss_fn = _load_script(script)
-    report = audit(model, opt, batches, loss_fn=loss_fn, steps=steps)
+    if demo is not None:
+        report = audit(model, opt, batches, loss_fn=loss_fn, steps=steps)
+    else:  # the script's model, batches and loss run inside the audit
+        report = _in_script(Path(script.rpartition(":")[0]).resolve(), "a training step", audit, model, opt,
+                            batches, loss_fn=loss_fn, steps=steps)
     if json_out == "-":
         sys.stdout.write(report.to_json(indent=2) + "\n")
     else:
