@@ -12,7 +12,7 @@ A plan maps exact parameter names to an NS configuration (schedule, steps)::
 ``orthogonalizer`` kind: "ns" (standard NS, the default), "gram" (Gram NS: the same map, fewer
 FLOPs on wide matrices), "auto" (Gram where the aspect ratio pays, standard elsewhere), "exact",
 "hybrid" or any registered kind; "gram" and "auto" entries may fix Gram NS's ``restarts`` (step
-numbers after which it restarts from the current iterate, e.g. ``[1, 3]``; default: the safe
+numbers after which it restarts from the current iterate, e.g. ``[2, 3]``; default: the safe
 positions of the compute dtype). Extra keys are ignored; anything malformed raises
 :class:`~muonscope.errors.ConfigError`.
 """

@@ -137,22 +137,26 @@ def gram_ns_cost(m: int, n: int, steps: int, restarts: tuple[int, ...] = ()) -> 
     return flops + side, mm + 1
 
 
-GRAM_RESTART_RULES = {"bfloat16": (1, 2), "float16": (2, 3), "float32": (4, 4)}  # (first, every)
+# Restart positions per dtype: (first restarts, then every ``every`` steps from ``start``).
+GRAM_RESTART_RULES = {"bfloat16": ((2, 3), 5, 2), "float16": ((), 2, 3), "float32": ((), 4, 4)}
 
 
 def gram_default_restarts(dtype: str, steps: int) -> tuple[int, ...]:
     """Safe Gram-NS restart positions for ``steps`` steps in ``dtype`` (a torch dtype name).
 
-    bf16 (8-bit mantissa): after step 1, then every 2 steps (1, 3 for 5 steps: standard-bf16
-    accuracy); fp16 (11-bit): every 3 steps from step 2 (2 for 5 steps, the published recipe:
-    about standard-bf16 accuracy); fp32: every 4 steps from step 4 (4 for 5–8 steps); fp64 and
-    others: none. A restart after the last step would do nothing and is never listed.
+    bf16 (8-bit mantissa): after steps 2 and 3, then every 2 steps (2, 3 for 5 steps; 2, 3, 5, 7
+    for 8): standard-bf16 accuracy for Jordan, Polar Express and dion5 schedules alike, where
+    restarting after step 1 instead lets dion5's outputs reach 2.2 (5 steps) or overflow (8 steps);
+    fp16 (11-bit): every 3 steps from step 2 (2 for 5 steps, the published recipe: about
+    standard-bf16 accuracy); fp32: every 4 steps from step 4 (4 for 5–8 steps); fp64 and others:
+    none. A restart after the last step would do nothing and is never listed.
     """
     rule = GRAM_RESTART_RULES.get(str(dtype).removeprefix("torch."))
     if rule is None:
         return ()
-    first, every = rule
-    return tuple(range(first, int(steps), every))
+    fixed, start, every = rule
+    k = int(steps)
+    return tuple(sorted(j for j in {*fixed, *range(start, k, every)} if j < k))
 
 
 def gram_pays(m: int, n: int, steps: int, restarts: tuple[int, ...] = (), max_ratio: float = 0.85) -> bool:

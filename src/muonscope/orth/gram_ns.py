@@ -16,8 +16,15 @@ Round-off accumulates in R over the steps (R stops being the Gram matrix of QX�
 needs *restarts*: after step j, X ← Q·X, R ← XXᵀ, Q ← I. ``restarts`` lists those j. Measured
 against the exact float64 map (tests/test_gram_ns.py, BENCHMARKS.md): bf16 without restarts blows
 up on decaying spectra; one restart after step 2 (the published fp16 recipe) stays bounded in
-bf16 but with several times the error of standard bf16 NS; restarts after steps 1 and 3 keep
-standard-bf16 accuracy. Defaults per dtype: :func:`default_restarts`.
+bf16 but with several times the error of standard bf16 NS; restarts after steps 2 and 3 keep
+standard-bf16 accuracy across Jordan, Polar Express and dion5 schedules. Defaults per dtype:
+:func:`default_restarts`.
+
+Guard: a schedule with large coefficients (designed ones for tiny ℓ) can still drive R off in low
+precision. Every output is checked against the map's bound, ‖O‖_F ≤ 1.5·max p·√r (one norm per
+matrix); a matrix that is not finite or exceeds it is recomputed by standard NS, with a
+:class:`GramFallbackWarning`. A Gram-NS output therefore never leaves standard NS's error class by
+more than the bound allows.
 
 Compute dtype (``dtype=None``): fp16 on CUDA (fast there, and 3 more mantissa bits than bf16),
 else :func:`~muonscope.orth.matrix_ns.default_compute_dtype` (bf16 where bf16 GEMM is fast, fp32
@@ -26,18 +33,22 @@ elsewhere; fp16 GEMM is emulated on most CPUs).
 
 from __future__ import annotations
 
+import math
 import os
+import warnings
 from collections.abc import Iterable
+from functools import lru_cache
 
 import torch
 
 from muonscope.errors import ConfigError
-from muonscope.orth.analysis import gram_default_restarts, gram_ns_cost
+from muonscope.orth.analysis import gram_default_restarts, gram_ns_cost, output_band
 from muonscope.orth.matrix_ns import (
     NS_DTYPE_ENV,
     default_compute_dtype,
     finish,
     gram_fp32,
+    newton_schulz,
     prepare,
     side_mm,
     small_gram,
@@ -47,7 +58,7 @@ from muonscope.orth.schedules import Schedule, get_schedule
 
 def default_restarts(dtype: torch.dtype, steps: int) -> tuple[int, ...]:
     """Safe restart positions for ``steps`` steps in ``dtype``
-    (:func:`muonscope.orth.analysis.gram_default_restarts`: bf16 1, 3; fp16 2; fp32 4; fp64 none)."""
+    (:func:`muonscope.orth.analysis.gram_default_restarts`: bf16 2, 3; fp16 2; fp32 4; fp64 none)."""
     return gram_default_restarts(str(dtype).removeprefix("torch."), steps)
 
 
@@ -78,6 +89,38 @@ def _apply(Q, X: torch.Tensor, tall: bool) -> torch.Tensor:
     return X @ Q if tall else Q @ X
 
 
+GUARD_FACTOR = 1.5  # allowed ‖O‖_F / (max p · √r): bf16 round-off moves outputs by a few percent
+
+
+class GramFallbackWarning(RuntimeWarning):
+    """Gram NS left the map's bound on some matrices; they were recomputed by standard NS."""
+
+
+@lru_cache(maxsize=256)
+def _map_peak(schedule: Schedule, steps: int) -> float:
+    return output_band(schedule, steps, 1e-12).high
+
+
+def _guard(out: torch.Tensor, G: torch.Tensor, lead, schedule: Schedule, steps: int, eps: float,
+           dtype: torch.dtype) -> torch.Tensor:
+    """``out`` with every matrix outside ‖O‖_F ≤ GUARD_FACTOR·max p·√r replaced by standard NS."""
+    r = min(out.shape[-2:])
+    limit = GUARD_FACTOR * max(_map_peak(schedule, steps), 1.0) * math.sqrt(r)
+    wide = torch.promote_types(out.dtype, torch.float32)  # fp32 accumulation for half-width outputs
+    norms = torch.linalg.vector_norm(out, dim=(-2, -1), dtype=wide)
+    bad = ~(norms <= limit)
+    if not bool(bad.any()):
+        return out
+    idx = bad.reshape(-1).nonzero().reshape(-1)
+    warnings.warn(f"Gram NS ({schedule.name} x{steps}, {str(dtype).removeprefix('torch.')}) left the map's bound "
+                  f"on {idx.numel()} of {bad.numel()} matrices of shape {tuple(out.shape[-2:])} "
+                  f"(max ||O||_F {float(norms.nan_to_num(math.inf).max()):.3g} > {limit:.3g}); they were "
+                  "recomputed by standard NS", GramFallbackWarning, stacklevel=4)
+    flat = out.reshape(-1, *out.shape[-2:]).clone()
+    flat[idx] = newton_schulz(G.reshape(-1, *G.shape[-2:])[idx], schedule, steps, eps=eps, dtype=dtype).to(out.dtype)
+    return flat.reshape(out.shape)
+
+
 def gram_compute_dtype(device: torch.device | str) -> torch.dtype:
     """Gram NS's compute dtype when none is given: fp16 on CUDA, the NS default elsewhere."""
     if torch.device(device).type == "cuda" and not os.environ.get(NS_DTYPE_ENV, "").strip():
@@ -95,6 +138,7 @@ def gram_newton_schulz(
     dtype: torch.dtype | None = None,
     return_gram: bool = False,
     overwrite: bool = False,
+    guard: bool = True,
 ):
     """Approximate polar factor of ``G`` (…, m, n) by ``steps`` Gram-NS steps of ``schedule``.
 
@@ -102,6 +146,7 @@ def gram_newton_schulz(
     ``return_gram`` also A₀ = GGᵀ/‖G‖_F² in fp32 or wider; tall G iterates on GᵀG and returns
     X₀·Q). ``restarts``: steps after which X and R are recomputed from the running product (None:
     :func:`default_restarts` of the dtype). ``overwrite``: normalize G in place (caller's scratch).
+    ``guard``: recompute outputs that leave the map's bound by standard NS (see the module docstring).
     """
     sched = get_schedule(schedule)
     steps = sched.default_steps if steps is None else steps
@@ -144,6 +189,8 @@ def gram_newton_schulz(
         if Q is not None:
             X = _apply(Q, X, tall)
     out = finish(X, lead, G.dtype)
+    if guard and out.numel() != 0:
+        out = _guard(out, G, lead, sched, steps, eps, dtype)
     if return_gram:
         gram = gram.reshape(*lead, r, r) if len(lead) != 0 else gram
         return out, gram
