@@ -401,3 +401,20 @@ def test_fp16_ns_in_the_optimizer_survives_large_gradients(kind):
     for (_, p), b in zip(params, before, strict=True):
         step = p.detach() - b * (1 - 0.02 * 0.1)
         assert torch.isfinite(step).all() and step.abs().max() > 1e-3
+
+
+def test_plan_ns_dtype_overrides_the_optimizers_and_exact_never_runs_in_half():
+    planned, direct = _params(), _params()
+    plan = {"params": {"up": {"schedule": "jordan", "steps": 5, "ns_dtype": "float64"},
+                       "q": {"orthogonalizer": "exact"}}}
+    a = Muon([(n, torch.nn.Parameter(p.detach().float())) for n, p in planned], lr=0.02,
+             ns_dtype=torch.bfloat16, plan=plan)
+    b = Muon([(n, torch.nn.Parameter(p.detach().float())) for n, p in direct], lr=0.02, ns_dtype=torch.float64)
+    params_a = [(n, p) for g in a.param_groups for n, p in zip(g["param_names"], g["params"], strict=True)]
+    params_b = [(n, p) for g in b.param_groups for n, p in zip(g["param_names"], g["params"], strict=True)]
+    _run(a, params_a, steps=1)  # the exact polar factor in bf16 would need a bf16 SVD: it runs in fp32
+    _run(b, params_b, steps=1)
+    up_a, up_b = (dict(p)["up"] for p in (params_a, params_b))
+    torch.testing.assert_close(up_a, up_b, rtol=0, atol=1e-6)  # fp64 NS both ways (fp32 parameters)
+    with pytest.raises(ConfigError, match="ns_dtype"):
+        Muon(_params(), plan={"params": {"up": {"ns_dtype": "int8"}}})

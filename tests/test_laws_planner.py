@@ -123,7 +123,8 @@ def test_params_map_and_plan_json(laws, records):
     by_depth = {(c.layer_type, c.rel_depth): c for c in plan.by_depth}
     for name, (lt, depth) in names_from_records(run).items():
         c = by_depth[(lt, round(depth, 3))]
-        assert d["params"][name] == {"schedule": c.schedule.name, "steps": c.steps, "layer_type": lt}
+        wider = {"ns_dtype": c.ns_dtype} if c.ns_dtype else {}
+        assert d["params"][name] == {"schedule": c.schedule.name, "steps": c.steps, "layer_type": lt, **wider}
     lo, hi = by_depth[("mlp_up", 0.5)], by_depth[("mlp_up", 0.75)]
     worse = lo if lo.ell <= hi.ell else hi
     assert d["params"]["blocks.1.mlp.gate.weight"]["steps"] == worse.steps
@@ -221,3 +222,32 @@ def test_exact_polar_when_no_ns_configuration_lifts(laws, records):
     opt.step()
     assert kinds == ["exact"]
     assert "exact" in plan.table()["schedule"].tolist()
+
+
+def test_layers_below_the_runs_resolution_get_a_wider_ns_dtype(laws):
+    # bf16 NS lifts nothing below s ≈ 1e-5 however many steps it runs (measured floor 1e-4 … 3e-5):
+    # a plan that must lift smaller s asks for fp32 (resolves down to 1e-8), fp64 (1e-9) or the
+    # exact polar factor for that layer.
+    from muonscope.orth.analysis import RESOLUTION_FLOORS
+
+    def wanted(ell, dtype):
+        wider = [d for d in ("bfloat16", "float32", "float64") if RESOLUTION_FLOORS[d] <= RESOLUTION_FLOORS[dtype]]
+        return next((d for d in wider if ell >= RESOLUTION_FLOORS[d]), "exact")
+
+    for dtype in ("bfloat16", "float32"):
+        plan = make_plan(laws, 7e10, ns_dtype=dtype)
+        assert plan.to_dict()["ns_dtype"] == dtype
+        for c in [*plan.by_depth, *plan.by_type.values()]:
+            want = wanted(c.ell, dtype)
+            if c.exact:
+                assert want == "exact" or c.options and all(o.steps is None for o in c.options) or c.ell < 1e-11
+            elif want == dtype:
+                assert c.ns_dtype is None and "ns_dtype" not in c.config()
+            else:
+                assert c.ns_dtype == want and c.config()["ns_dtype"] == want and want in c.label
+    marked = [c for c in make_plan(laws, 7e10).by_type.values() if c.ns_dtype]
+    assert marked, "the 7e10 plan of these laws predicts s below bf16's floor somewhere"
+    small = make_plan(laws, 1e6)  # a small target keeps s above the floor: nothing changes
+    assert not any(c.ns_dtype for c in small.by_type.values())
+    with pytest.raises(ConfigError, match="resolution floor"):
+        make_plan(laws, 7e10, ns_dtype="int8")

@@ -279,10 +279,14 @@ def load_criterion(spec: str, quantile: float, rho: float):
 
 def plan_table(plan) -> Table:
     """The plan as a rich table (one row per fitted depth, then one per layer type)."""
+    from muonscope.orth.analysis import resolution_floor
+
     crit = plan.criterion
     statistic = crit.kind == "statistic"
     table = Table(title=f"NS plan for {plan.target_params:.3g} parameters ({plan.level:.0%} prediction intervals)")
     table.caption = (f"criterion: {crit.describe()}. tau: every s >= tau maps to >= {crit.rho:g}; "
+                     f"(float32)/(float64) after a config: NS dtype that layer needs, since {plan.ns_dtype} NS cannot "
+                     f"lift s below {resolution_floor(plan.ns_dtype):g}; "
                      "J/PE/D: fewest steps of jordan / polar-express / designed that meet the criterion"
                      + ("; the spectrum beyond the largest fitted q is extrapolated" if statistic else ""))
     cols = ["layer", "depth", "alpha", f"s_q{plan.quantile * 100:g} predicted [interval]", "config", "matmuls", "tau"]
@@ -293,9 +297,8 @@ def plan_table(plan) -> Table:
         depth = fmt_depth(c.rel_depth) if c.rel_depth == c.rel_depth else f"all (d={fmt_depth(c.worst_depth)})"
         alts = " / ".join("-" if o.steps is None else str(o.steps) for o in c.options)
         p = c.prediction
-        label = c.label if c.orthogonalizer == "ns" or c.exact else f"{c.label} ({c.orthogonalizer})"
         row = [c.layer_type, depth, f"{c.alpha:.3f}", f"{p.center:.2g} [{p.low:.2g}, {p.high:.2g}]",
-               label, "SVD" if c.exact else str(c.matmuls), f"{c.tau:.3g}"]
+               c.label, "SVD" if c.exact else str(c.matmuls), f"{c.tau:.3g}"]
         row += [f"{c.stat:.3g}", f"{c.bound:.3g}"] if statistic else []
         table.add_row(*row, alts)
     return table
@@ -316,8 +319,9 @@ def plan_cmd(
     shapes_from: Path = typer.Option(None, "--shapes-from", help="The target's matrix shapes: a Hugging Face "
                                      "config.json or a JSON {layer_type: [rows, cols]}; each layer then gets Gram "
                                      "or standard NS by FLOPs (without it: 'auto' decides per matrix at run time)."),
-    ns_dtype: str = typer.Option("bfloat16", "--ns-dtype", help="--shapes-from: the NS dtype of the target run "
-                                 "(sets Gram NS's restarts and so its cost): bfloat16, float16, float32, float64."),
+    ns_dtype: str = typer.Option("bfloat16", "--ns-dtype", help="The NS dtype of the target run: layers that must "
+                                 "lift s below its resolution get a wider one; with --shapes-from it also sets Gram "
+                                 "NS's restarts and so its cost. bfloat16, float16, float32, float64."),
     out: Path = typer.Option(None, "--out", "-o", help="Plan JSON (several sizes: one file per size, suffixed); "
                              "with --verify: the verification directory."),
     verify: bool = typer.Option(False, "--verify", help="Closed loop: plan each of --presets for its own size, "

@@ -48,8 +48,10 @@ from muonscope.orth.analysis import (
     gram_default_restarts,
     gram_ns_cost,
     gram_pays,
+    ns_dtype_for,
     ns_flops,
     ns_matmuls,
+    resolution_floor,
     threshold,
 )
 from muonscope.orth.schedules import BUILTIN_NAMES, Schedule, get_schedule
@@ -104,6 +106,7 @@ class LayerChoice:
     ns_flops: int | None = None  # FLOPs of one call of the chosen implementation on ``shape``
     gram_matmuls: int | None = None  # products of one Gram-NS call (when Gram is chosen)
     restarts: tuple[int, ...] | None = None  # the Gram-NS restarts its cost assumed (when Gram is chosen)
+    ns_dtype: str | None = None  # a wider NS dtype this layer needs than the run's (None: the run's)
 
     @property
     def exact(self) -> bool:
@@ -123,7 +126,10 @@ class LayerChoice:
 
     @property
     def label(self) -> str:
-        return "exact polar (SVD)" if self.exact else f"{self.schedule.name} x{self.steps}"
+        if self.exact:
+            return "exact polar (SVD)"
+        extras = [x for x in (None if self.orthogonalizer == "ns" else self.orthogonalizer, self.ns_dtype) if x]
+        return f"{self.schedule.name} x{self.steps}" + (f" ({', '.join(extras)})" if extras else "")
 
     def config(self) -> dict:
         if self.exact:
@@ -133,6 +139,8 @@ class LayerChoice:
             out["orthogonalizer"] = self.orthogonalizer
         if self.restarts is not None:
             out["restarts"] = list(self.restarts)
+        if self.ns_dtype is not None:
+            out["ns_dtype"] = self.ns_dtype
         return out
 
 
@@ -193,6 +201,7 @@ class Plan:
     #: exponents the plan extrapolates that have not converged over training time ("layer_type|depth|q");
     #: None when the laws carry no convergence verdicts
     unconverged: list[str] | None = None
+    ns_dtype: str = "bfloat16"  # the NS dtype of the run planned for (layers may need a wider one)
 
     def schedules(self) -> dict[str, Schedule]:
         """Non-built-in schedules the plan refers to (designed ones), by name."""
@@ -210,7 +219,7 @@ class Plan:
                 "s_pred": c.prediction.center, "s_low": c.prediction.low, "s_high": c.prediction.high,
                 "schedule": "exact" if c.exact else c.schedule.name, "steps": c.steps, "matmuls": c.matmuls, "tau": c.tau,
                 "stat": c.stat, "bound": c.bound, "orthogonalizer": "exact" if c.exact else c.orthogonalizer,
-                "ns_flops": c.ns_flops,
+                "ns_flops": c.ns_flops, "ns_dtype": None if c.exact else (c.ns_dtype or self.ns_dtype),
                 **{f"steps_{f}": opt.get(f) for f in opt},
             })
         out = pd.DataFrame(rows)
@@ -231,7 +240,7 @@ class Plan:
 
         d = {
             "format": PLAN_FORMAT, "target_params": float(self.target_params), "quantile": self.quantile,
-            "rho": self.rho, "level": self.level, "criterion": self.criterion.to_dict(),
+            "rho": self.rho, "level": self.level, "ns_dtype": self.ns_dtype, "criterion": self.criterion.to_dict(),
             "criterion_text": self.criterion.describe(),
             "schedules": {n: s.to_dict() for n, s in sorted(self.schedules().items())},
             "params": {n: c.config() for n, c in sorted(self.params.items())},
@@ -273,8 +282,13 @@ def make_plan(laws: Laws, target_params: float, *, quantile: float = 0.5, rho: f
     ``criterion`` None is the lift-quantile rule with ``quantile`` and ``rho``; a ``statistic``
     criterion (:mod:`muonscope.laws.criterion`) bounds the predicted statistic of every choice.
     ``shapes`` ({layer_type: (rows, cols)} at the target size) lets each choice pick Gram or
-    standard NS by FLOPs (:func:`with_implementation`, restarts of ``ns_dtype``).
+    standard NS by FLOPs (:func:`with_implementation`, restarts of ``ns_dtype``). ``ns_dtype`` is
+    the run's NS dtype: a layer whose pessimistic s lies below its resolution floor
+    (:func:`~muonscope.orth.analysis.resolution_floor`; bf16 1e-4) gets the narrowest wider dtype
+    that resolves it (fp32 down to 1e-8, fp64 down to 1e-9, else the exact polar factor), written
+    into its plan entry.
     """
+    resolution_floor(ns_dtype)  # an unknown dtype raises ConfigError here
     if criterion is None:
         criterion = Criterion(quantile=float(quantile), rho=float(rho))
     quantile, rho = criterion.quantile, criterion.rho
@@ -321,14 +335,22 @@ def make_plan(laws: Laws, target_params: float, *, quantile: float = 0.5, rho: f
 
     def implemented(c: LayerChoice) -> LayerChoice:
         shape = (shapes or {}).get(c.layer_type)
-        return c if shape is None else with_implementation(c, shape, ns_dtype, gram_max_ratio)
+        return c if shape is None else with_implementation(c, shape, c.ns_dtype or ns_dtype, gram_max_ratio)
+
+    def resolved(c: LayerChoice) -> LayerChoice:  # NS in the run's dtype cannot lift s below its floor
+        if c.exact:
+            return c
+        need = ns_dtype_for(c.ell, ns_dtype)
+        if need is None:  # below every dtype's floor: only the exact polar factor lifts it
+            return replace(c, schedule=None, steps=0, tau=0.0, stat=c.stat if math.isnan(c.stat) else 0.0)
+        return c if need == ns_dtype else replace(c, ns_dtype=need)
 
     def unshaped(c: LayerChoice) -> LayerChoice:  # shape unknown: "auto" decides per matrix at run time
         if not shapes or c.exact:
             return c
         return replace(c, orthogonalizer="auto", shape=None, ns_flops=None, gram_matmuls=None, restarts=None)
 
-    by_depth = [implemented(pick(f))
+    by_depth = [implemented(resolved(pick(f)))
                 for f in sorted(fits, key=lambda f: (f.layer_type, math.isnan(f.rel_depth), f.rel_depth))]
     by_type: dict[str, LayerChoice] = {}
     for lt in sorted({c.layer_type for c in by_depth}):
@@ -347,7 +369,7 @@ def make_plan(laws: Laws, target_params: float, *, quantile: float = 0.5, rho: f
         unconverged = sorted({convergence_key(g.layer_type, g.rel_depth, g.q) for g in used
                               if laws.converged(g.layer_type, g.rel_depth, g.q) is False})
     return Plan(m, float(quantile), float(rho), float(level), by_depth, by_type, params, default, criterion,
-                unconverged)
+                unconverged, ns_dtype)
 
 
 def with_implementation(choice: LayerChoice, shape: tuple[int, int], ns_dtype: str = "bfloat16",

@@ -13,8 +13,10 @@ A plan maps exact parameter names to an NS configuration (schedule, steps)::
 FLOPs on wide matrices), "auto" (Gram where the aspect ratio pays, standard elsewhere), "exact",
 "hybrid" or any registered kind; "gram" and "auto" entries may fix Gram NS's ``restarts`` (step
 numbers after which it restarts from the current iterate, e.g. ``[2, 3]``; default: the safe
-positions of the compute dtype). Extra keys are ignored; anything malformed raises
-:class:`~muonscope.errors.ConfigError`.
+positions of the compute dtype). ``ns_dtype`` ("bfloat16", "float16", "float32", "float64")
+overrides the optimizer's NS compute dtype for that parameter: the planner sets it where the chosen
+map must lift directions below the resolution of the run's dtype. Extra keys are ignored; anything
+malformed raises :class:`~muonscope.errors.ConfigError`.
 """
 
 from __future__ import annotations
@@ -32,6 +34,9 @@ from muonscope.orth.orthogonalizers import make_orthogonalizer
 from muonscope.orth.schedules import Schedule, get_schedule
 
 
+PLAN_DTYPES = ("bfloat16", "float16", "float32", "float64")
+
+
 @dataclass(frozen=True)
 class ParamPlan:
     """The orthogonalization chosen for one parameter."""
@@ -41,6 +46,7 @@ class ParamPlan:
     orthogonalizer: str = "ns"
     layer_type: str | None = None
     restarts: tuple[int, ...] | None = None  # Gram NS restart positions (None: the dtype's default)
+    ns_dtype: str | None = None  # NS compute dtype for this parameter (None: the optimizer's)
 
 
 class Plan:
@@ -95,8 +101,12 @@ def _entry(where: str, entry, schedules: Mapping[str, Schedule]) -> ParamPlan:
         raise ConfigError(f"plan {where}: {exc}") from None
     if restarts is not None:
         restarts = (orth.gram if kind == "auto" else orth).restarts
+    dtype = entry.get("ns_dtype")
+    if dtype is not None:
+        if dtype not in PLAN_DTYPES:
+            raise ConfigError(f"plan {where}: 'ns_dtype' must be one of {', '.join(PLAN_DTYPES)}, got {dtype!r}")
     layer_type = entry.get("layer_type")
-    return ParamPlan(sched, steps, kind, layer_type if isinstance(layer_type, str) else None, restarts)
+    return ParamPlan(sched, steps, kind, layer_type if isinstance(layer_type, str) else None, restarts, dtype)
 
 
 def load_plan(plan) -> Plan:

@@ -79,6 +79,7 @@ def configured(name: str, group: dict, plan, cache: dict) -> tuple[Orthogonalize
     restarts = None
     if entry is not None:
         kind, sched, steps, restarts = entry.orthogonalizer, entry.schedule, entry.steps, entry.restarts
+        dtype = entry.ns_dtype or dtype
     else:
         kind = group["orthogonalizer"]
         if isinstance(kind, Orthogonalizer):

@@ -159,6 +159,34 @@ def gram_default_restarts(dtype: str, steps: int) -> tuple[int, ...]:
     return tuple(sorted(j for j in {*fixed, *range(start, k, every)} if j < k))
 
 
+# Smallest normalized singular value s = σ/‖X‖_F that NS in each dtype still lifts to ρ = 0.1, on an
+# fp32 input (a momentum buffer of fp32 parameters; benchmarks/bench_resolution.py): Jordan with the
+# steps the exact map needs (or those lifting s/3, for a margin) on 64×256 … 512×2048 inputs with 8
+# probe directions at s. bf16 lifts every probe down to 3e-5 (1.1e-4 at 64×256), not all at 1e-5;
+# fp16 down to 3e-6 … 1e-5; fp32 down to 3e-9 … 1e-8, not all at 1e-9; fp64 down to 3e-10 … 1e-9
+# (the fp32 input's own rounding), not all at 1e-10. Below the floor rounding buries the direction:
+# more steps cannot lift it.
+RESOLUTION_FLOORS = {"bfloat16": 1e-4, "float16": 1e-5, "float32": 1e-8, "float64": 1e-9}
+_WIDER = ("float32", "float64")
+
+
+def resolution_floor(dtype: str) -> float:
+    """Smallest normalized singular value NS in ``dtype`` (a torch dtype name) can lift."""
+    try:
+        return RESOLUTION_FLOORS[str(dtype).removeprefix("torch.")]
+    except KeyError:
+        raise ConfigError(f"no resolution floor for dtype {dtype!r}; known: {', '.join(RESOLUTION_FLOORS)}") from None
+
+
+def ns_dtype_for(s: float, dtype: str) -> str | None:
+    """``dtype`` if NS in it resolves s, else the narrowest of fp32, fp64 that does (None: none does)."""
+    dtype = str(dtype).removeprefix("torch.")
+    if s >= resolution_floor(dtype):
+        return dtype
+    return next((d for d in _WIDER if RESOLUTION_FLOORS[d] < RESOLUTION_FLOORS[dtype] and s >= RESOLUTION_FLOORS[d]),
+                None)
+
+
 def gram_pays(m: int, n: int, steps: int, restarts: tuple[int, ...] = (), max_ratio: float = 0.85) -> bool:
     """Whether Gram NS costs at most ``max_ratio`` of standard NS's FLOPs on an m×n matrix."""
     return gram_ns_cost(m, n, steps, restarts)[0] <= max_ratio * ns_flops(m, n, steps)

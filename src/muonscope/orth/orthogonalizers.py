@@ -245,8 +245,8 @@ register_orthogonalizer("gram", lambda schedule="jordan", steps=None, dtype=None
                         GramNewtonSchulz(schedule, steps, dtype=dtype, eps=eps))
 register_orthogonalizer("auto", lambda schedule="jordan", steps=None, dtype=None, eps=1e-7:
                         AutoNewtonSchulz(schedule, steps, dtype=dtype, eps=eps))
-register_orthogonalizer("exact", lambda schedule=None, steps=None, dtype=None, eps=None:
-                        ExactPolar(dtype=dtype or torch.float64))
+register_orthogonalizer("exact", lambda schedule=None, steps=None, dtype=None, eps=None:  # SVD needs >= fp32
+                        ExactPolar(dtype=torch.promote_types(dtype, torch.float32) if dtype else torch.float64))
 
 
 def make_orthogonalizer(kind: str | Orthogonalizer = "ns", *, schedule: str | Schedule = "jordan",
