@@ -22,7 +22,6 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from helpers import matrix_with_spectrum  # noqa: E402
-
 from muonscope.orth import analysis as A  # noqa: E402
 from muonscope.orth.matrix_ns import newton_schulz  # noqa: E402
 

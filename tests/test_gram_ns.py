@@ -352,7 +352,7 @@ def test_planner_chooses_gram_by_flops():
     params = [(n, torch.nn.Parameter(torch.randn(shapes[lt]))) for n, (lt, _) in names.items()]
     opt = Muon(params, lr=0.02, ns_dtype=torch.float32, plan=named.to_dict())
     _run(opt, params, steps=1)
-    for n, (lt, _) in names.items():
+    for n in names:
         assert opt.stats["layers"][n]["last_ns_flops"] == named.params[n].ns_flops
     d = plan.to_dict()
     assert d["default"].get("orthogonalizer") == "auto"  # unknown shapes decide at run time

@@ -225,7 +225,7 @@ def test_exact_polar_when_no_ns_configuration_lifts(laws, records):
 
 
 def test_layers_below_the_runs_resolution_get_a_wider_ns_dtype(laws):
-    # bf16 NS lifts nothing below s ≈ 1e-5 however many steps it runs (measured floor 1e-4 … 3e-5):
+    # bf16 NS lifts nothing below s ≈ 1e-5 however many steps it runs (measured floor 3e-5):
     # a plan that must lift smaller s asks for fp32 (resolves down to 1e-8), fp64 (1e-9) or the
     # exact polar factor for that layer.
     from muonscope.orth.analysis import RESOLUTION_FLOORS
@@ -251,3 +251,23 @@ def test_layers_below_the_runs_resolution_get_a_wider_ns_dtype(laws):
     assert not any(c.ns_dtype for c in small.by_type.values())
     with pytest.raises(ConfigError, match="resolution floor"):
         make_plan(laws, 7e10, ns_dtype="int8")
+
+
+def test_statistic_criterion_judges_configurations_in_the_runs_dtype(laws):
+    from muonscope.laws.criterion import calibrated
+    from muonscope.laws.planner import EXACT, choose_by_statistic
+
+    crit = calibrated()
+    # A spectrum with a fifth of its directions at 1e-6: any NS meets the bound in exact arithmetic
+    # with enough steps, none in bf16 (floor 3e-5: those directions stay at 0), every one in fp32.
+    spectrum = np.concatenate([np.full(80, 1e-2), np.full(20, 1e-6)])
+    exact_math, *_ = choose_by_statistic(spectrum, crit, max_steps=16)
+    in_bf16, *_ = choose_by_statistic(spectrum, crit, max_steps=16, floor=3e-5)
+    in_fp32, *_ = choose_by_statistic(spectrum, crit, max_steps=16, floor=1e-8)
+    assert exact_math is not EXACT and in_bf16 is EXACT and in_fp32 == exact_math
+    for dtype in ("bfloat16", "float32"):
+        plan = make_plan(laws, 7e10, criterion=crit, ns_dtype=dtype)
+        wider = {c.ns_dtype for c in plan.by_depth if c.ns_dtype}
+        assert dtype not in wider and wider <= {"float32", "float64"}
+    assert any(c.ns_dtype for c in make_plan(laws, 7e10, criterion=crit).by_depth)
+    assert not any(c.ns_dtype for c in make_plan(laws, 7e10, criterion=crit, ns_dtype="float64").by_depth)

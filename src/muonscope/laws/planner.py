@@ -45,6 +45,7 @@ from muonscope.laws.design import design_name, design_schedule, round_down_2sig
 from muonscope.laws.fit import Laws, convergence_key, same_depth
 from muonscope.laws.powerlaw import Prediction
 from muonscope.orth.analysis import (
+    WIDER_DTYPES,
     gram_default_restarts,
     gram_ns_cost,
     gram_pays,
@@ -283,10 +284,11 @@ def make_plan(laws: Laws, target_params: float, *, quantile: float = 0.5, rho: f
     criterion (:mod:`muonscope.laws.criterion`) bounds the predicted statistic of every choice.
     ``shapes`` ({layer_type: (rows, cols)} at the target size) lets each choice pick Gram or
     standard NS by FLOPs (:func:`with_implementation`, restarts of ``ns_dtype``). ``ns_dtype`` is
-    the run's NS dtype: a layer whose pessimistic s lies below its resolution floor
-    (:func:`~muonscope.orth.analysis.resolution_floor`; bf16 1e-4) gets the narrowest wider dtype
-    that resolves it (fp32 down to 1e-8, fp64 down to 1e-9, else the exact polar factor), written
-    into its plan entry.
+    the run's NS dtype, whose resolution floor (:func:`~muonscope.orth.analysis.resolution_floor`:
+    bf16 3e-5, fp32 1e-8, fp64 1e-9) bounds what NS can lift: a statistic criterion is evaluated
+    with every predicted s below the floor left unlifted, and a layer that meets its bound only in
+    a wider dtype gets that dtype in its plan entry (the exact polar factor if none does); under
+    lift-quantile, ℓ itself must lie above the floor.
     """
     resolution_floor(ns_dtype)  # an unknown dtype raises ConfigError here
     if criterion is None:
@@ -316,6 +318,8 @@ def make_plan(laws: Laws, target_params: float, *, quantile: float = 0.5, rho: f
         raise ConfigError(f"the laws have no fits for q={quantile:g}; fitted q levels: "
                           f"{', '.join(f'{q:g}' for q in sorted({f.q for f in laws.fits}))}")
 
+    run_and_wider = [ns_dtype, *(d for d in WIDER_DTYPES if resolution_floor(d) < resolution_floor(ns_dtype))]
+
     def pick(f) -> LayerChoice:
         pred = f.predict(m, level)
         ell = min(pred.low, 1.0)
@@ -325,10 +329,15 @@ def make_plan(laws: Laws, target_params: float, *, quantile: float = 0.5, rho: f
                                best.steps, best.tau, opts)
         group = [g for g in laws.fits if g.layer_type == f.layer_type and same_depth(g.rel_depth, f.rel_depth)]
         spectrum = quantile_function([g.q for g in group], [min(g.predict(m, level).low, 1.0) for g in group])
-        best, opts, value, bound = choose_by_statistic(spectrum, criterion, families=families, max_steps=max_steps,
-                                                       safety=safety, ell=ell)
+        for dtype in run_and_wider:  # NS cannot lift s below its dtype's floor: widen until the bound holds
+            best, opts, value, bound = choose_by_statistic(spectrum, criterion, families=families,
+                                                           max_steps=max_steps, safety=safety, ell=ell,
+                                                           floor=resolution_floor(dtype))
+            if best is not EXACT:
+                break
+        wider = None if best is EXACT or dtype == ns_dtype else dtype
         return LayerChoice(f.layer_type, f.rel_depth, f.rel_depth, f.alpha, pred, ell, best.schedule, best.steps,
-                           best.tau, opts, value, bound)
+                           best.tau, opts, value, bound, ns_dtype=wider)
 
     def demand(c: LayerChoice):  # the most demanding choice sorts first
         return (c.ell, -c.cost) if criterion.kind == "lift-quantile" else (-c.cost, c.ell)
@@ -337,8 +346,8 @@ def make_plan(laws: Laws, target_params: float, *, quantile: float = 0.5, rho: f
         shape = (shapes or {}).get(c.layer_type)
         return c if shape is None else with_implementation(c, shape, c.ns_dtype or ns_dtype, gram_max_ratio)
 
-    def resolved(c: LayerChoice) -> LayerChoice:  # NS in the run's dtype cannot lift s below its floor
-        if c.exact:
+    def resolved(c: LayerChoice) -> LayerChoice:  # lift-quantile: ℓ itself must lie above the dtype's floor
+        if c.exact or criterion.kind != "lift-quantile":
             return c
         need = ns_dtype_for(c.ell, ns_dtype)
         if need is None:  # below every dtype's floor: only the exact polar factor lifts it
@@ -396,10 +405,13 @@ def with_implementation(choice: LayerChoice, shape: tuple[int, int], ns_dtype: s
 
 
 def choose_by_statistic(spectrum: np.ndarray, criterion: Criterion, *, families: Sequence[str] = FAMILIES,
-                        max_steps: int = 16, safety: float = 1.01, ell: float = 1e-3):
+                        max_steps: int = 16, safety: float = 1.01, ell: float = 1e-3, floor: float = 0.0):
     """Cheapest configuration whose statistic on ``spectrum`` stays within the criterion's bound and
     whose outputs stay below its overshoot cap; the exact polar factor when none does within
-    ``max_steps``. Returns (option, options per family, its statistic, the bound)."""
+    ``max_steps``. ``floor``: the NS dtype's resolution floor; NS leaves every s below it unlifted
+    (counted as output 0). Returns (option, options per family, its statistic, the bound)."""
+    exact_spectrum = spectrum
+    spectrum = np.where(np.asarray(spectrum) >= floor, spectrum, 0.0)
     ref_sched, ref_steps = criterion.reference
     ref = statistic(criterion.statistic, config_map(get_schedule(ref_sched), ref_steps, spectrum), criterion.rho)
     bound = min(ref + criterion.delta, criterion.absolute)
@@ -420,7 +432,8 @@ def choose_by_statistic(spectrum: np.ndarray, criterion: Criterion, *, families:
             values[fam] = found[1]
     feasible = [o for o in opts if o.steps is not None]
     if not feasible:
-        return EXACT, tuple(opts), statistic(criterion.statistic, config_map(None, 0, spectrum), criterion.rho), bound
+        return EXACT, tuple(opts), statistic(criterion.statistic, config_map(None, 0, exact_spectrum),
+                                             criterion.rho), bound
     best = min(feasible, key=lambda o: o.matmuls)
     return best, tuple(opts), values[best.family], bound
 

@@ -33,7 +33,6 @@ from muonscope.errors import ConfigError, MuonscopeError
 from muonscope.orth.orthogonalizers import make_orthogonalizer
 from muonscope.orth.schedules import Schedule, get_schedule
 
-
 PLAN_DTYPES = ("bfloat16", "float16", "float32", "float64")
 
 

@@ -161,13 +161,13 @@ def gram_default_restarts(dtype: str, steps: int) -> tuple[int, ...]:
 
 # Smallest normalized singular value s = σ/‖X‖_F that NS in each dtype still lifts to ρ = 0.1, on an
 # fp32 input (a momentum buffer of fp32 parameters; benchmarks/bench_resolution.py): Jordan with the
-# steps the exact map needs (or those lifting s/3, for a margin) on 64×256 … 512×2048 inputs with 8
-# probe directions at s. bf16 lifts every probe down to 3e-5 (1.1e-4 at 64×256), not all at 1e-5;
-# fp16 down to 3e-6 … 1e-5; fp32 down to 3e-9 … 1e-8, not all at 1e-9; fp64 down to 3e-10 … 1e-9
-# (the fp32 input's own rounding), not all at 1e-10. Below the floor rounding buries the direction:
-# more steps cannot lift it.
-RESOLUTION_FLOORS = {"bfloat16": 1e-4, "float16": 1e-5, "float32": 1e-8, "float64": 1e-9}
-_WIDER = ("float32", "float64")
+# steps the exact map needs (or those lifting s/3, for a margin) on 256×1024 and 512×2048 inputs
+# with 8 probe directions at s. bf16 lifts every probe down to 3.2e-5, not all at 1e-5 (a 64×256
+# input: 1.1e-4); fp16 down to 3.2e-6; fp32 down to 3e-9 … 1e-8, not all at 1e-9; fp64 down to
+# 3e-10 … 1e-9 (the fp32 input's own rounding), not all at 1e-10. Below the floor rounding buries
+# the direction: more steps cannot lift it.
+RESOLUTION_FLOORS = {"bfloat16": 3e-5, "float16": 3e-6, "float32": 1e-8, "float64": 1e-9}  # inputs >= 256 wide
+WIDER_DTYPES = ("float32", "float64")  # what a plan may ask for beyond the run's dtype
 
 
 def resolution_floor(dtype: str) -> float:
@@ -183,7 +183,7 @@ def ns_dtype_for(s: float, dtype: str) -> str | None:
     dtype = str(dtype).removeprefix("torch.")
     if s >= resolution_floor(dtype):
         return dtype
-    return next((d for d in _WIDER if RESOLUTION_FLOORS[d] < RESOLUTION_FLOORS[dtype] and s >= RESOLUTION_FLOORS[d]),
+    return next((d for d in WIDER_DTYPES if RESOLUTION_FLOORS[d] < RESOLUTION_FLOORS[dtype] and s >= RESOLUTION_FLOORS[d]),
                 None)
 
 

@@ -27,6 +27,7 @@ import pandas as pd
 
 from muonscope.conventions import FAILURE_RHO, TARGET_SIZES
 from muonscope.errors import ConfigError, MuonscopeError
+from muonscope.orth.analysis import resolution_floor
 from muonscope.report import figures as F
 from muonscope.report.verdict import (
     Verdict,
@@ -268,7 +269,8 @@ def _verdict_section(v: Verdict, laws, fit_note: str, workdir: Path) -> Section:
     sec.tables.append((_verdict_table(v), ""))
     sec.notes.append(f"Cells per size: status of {conf} there (ok / at risk / fails) and the planner's "
                      "configuration (J = jordan, PE = polar-express, D = minimax schedule designed for that layer's "
-                     "predicted lower bound, × steps). Failed now: measured non-null share (directions per matrix; "
+                     "predicted lower bound, × steps; fp32 / fp64: NS must run in that dtype there, since bf16 NS "
+                     f"cannot lift s below {resolution_floor('bfloat16'):g}). Failed now: measured non-null share (directions per matrix; "
                      f"amber from 1 %, red from {1 - q_t:.0%}). Planner criterion: {v.criterion_text}.")
     sec.notes += [n[0].upper() + n[1:] + "." for n in v.notes]
     for m, msg in v.plan_errors.items():

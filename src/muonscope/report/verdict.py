@@ -42,6 +42,9 @@ RESIDUAL_WRITERS = ("o", "mlp_down")  # matrices whose output is added to the re
 SHORT = {"jordan": "J", "polar-express": "PE"}
 
 
+DTYPE_SHORT = {"float32": "fp32", "float64": "fp64", "float16": "fp16", "bfloat16": "bf16"}
+
+
 def short_label(schedule_name: str | None, steps: int | None) -> str:
     """Compact configuration label: 'J×5', 'PE×4', 'D×11' (designed), 'exact SVD'."""
     if schedule_name is None:
@@ -276,7 +279,8 @@ def _plans(laws, sizes, criterion, spectra: pd.DataFrame, steps_conf: int, v: Ve
         v.criterion_text = plan.criterion.describe()
         if plan.unconverged is not None:
             v.unconverged = len(plan.unconverged)
-        v.choices[m] = {lt: (c.label, short_label(None if c.exact else c.schedule.name, c.steps), c.matmuls)
+        v.choices[m] = {lt: (c.label, short_label(None if c.exact else c.schedule.name, c.steps)
+                             + (f" {DTYPE_SHORT.get(c.ns_dtype, c.ns_dtype)}" if c.ns_dtype else ""), c.matmuls)
                         for lt, c in plan.by_type.items()}
         num = den = 0.0
         exact = 0
