@@ -46,14 +46,16 @@ from muonscope.orth.analysis import gram_default_restarts, gram_ns_cost, output_
 from muonscope.orth.matrix_ns import (
     NS_DTYPE_ENV,
     default_compute_dtype,
+    empty_gram,
     finish,
     gram_fp32,
     newton_schulz,
-    prepare,
     side_mm,
     small_gram,
+    start,
+    with_lead,
 )
-from muonscope.orth.schedules import Schedule, get_schedule
+from muonscope.orth.schedules import Schedule
 
 
 def default_restarts(dtype: torch.dtype, steps: int) -> tuple[int, ...]:
@@ -101,7 +103,7 @@ def _map_peak(schedule: Schedule, steps: int) -> float:
     return output_band(schedule, steps, 1e-12).high
 
 
-def _guard(out: torch.Tensor, G: torch.Tensor, lead, schedule: Schedule, steps: int, eps: float,
+def _guard(out: torch.Tensor, G: torch.Tensor, schedule: Schedule, steps: int, eps: float,
            dtype: torch.dtype) -> torch.Tensor:
     """``out`` with every matrix outside ‖O‖_F ≤ GUARD_FACTOR·max p·√r replaced by standard NS."""
     r = min(out.shape[-2:])
@@ -148,18 +150,14 @@ def gram_newton_schulz(
     :func:`default_restarts` of the dtype). ``overwrite``: normalize G in place (caller's scratch).
     ``guard``: recompute outputs that leave the map's bound by standard NS (see the module docstring).
     """
-    sched = get_schedule(schedule)
-    steps = sched.default_steps if steps is None else steps
-    coeffs = sched.step_coefficients(steps)
     dtype = dtype or gram_compute_dtype(G.device)
+    sched, steps, coeffs, X, tall, lead = start(G, schedule, steps, dtype, eps, overwrite)
     restart = check_restarts(restarts, steps)
     restart = default_restarts(dtype, steps) if restart is None else restart
-    X, tall, lead = prepare(G, dtype, sched.safety, eps, overwrite=overwrite)
-    r = min(X.shape[-2:])
     gram = None
     if X.numel() == 0:
         if return_gram:
-            gram = X.new_zeros(*X.shape[:-2], r, r, dtype=torch.promote_types(dtype, torch.float32))
+            gram = empty_gram(X, dtype)
     else:
         R = small_gram(X, tall)
         if return_gram:
@@ -190,11 +188,8 @@ def gram_newton_schulz(
             X = _apply(Q, X, tall)
     out = finish(X, lead, G.dtype)
     if guard and out.numel() != 0:
-        out = _guard(out, G, lead, sched, steps, eps, dtype)
-    if return_gram:
-        gram = gram.reshape(*lead, r, r) if len(lead) != 0 else gram
-        return out, gram
-    return out
+        out = _guard(out, G, sched, steps, eps, dtype)
+    return (out, with_lead(gram, lead)) if return_gram else out
 
 
 def gram_flops(m: int, n: int, steps: int, restarts: Iterable[int] = ()) -> int:

@@ -168,6 +168,27 @@ def gram_fp32(G: torch.Tensor, X: torch.Tensor, tall: bool, scale: float, eps: f
     return small_gram(normalize_(Y, scale, eps, owned=True), tall)
 
 
+def start(G: torch.Tensor, schedule: str | Schedule, steps: int | None, dtype: torch.dtype, eps: float,
+          overwrite: bool):
+    """What every NS variant begins with: (schedule, steps, per-step coefficients, the normalized
+    input X, tall, lead) — see :func:`prepare`."""
+    sched = get_schedule(schedule)
+    steps = sched.default_steps if steps is None else steps
+    X, tall, lead = prepare(G, dtype, sched.safety, eps, overwrite=overwrite)
+    return sched, steps, sched.step_coefficients(steps), X, tall, lead
+
+
+def empty_gram(X: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """The (…, r, r) zero Gram matrix of an empty input, in fp32 or wider."""
+    r = min(X.shape[-2:])
+    return X.new_zeros(*X.shape[:-2], r, r, dtype=torch.promote_types(dtype, torch.float32))
+
+
+def with_lead(gram: torch.Tensor, lead) -> torch.Tensor:
+    """A (B, r, r) Gram matrix back under the input's leading dimensions."""
+    return gram.reshape(*lead, *gram.shape[-2:]) if len(lead) != 0 else gram
+
+
 def finish(out: torch.Tensor, lead, out_dtype: torch.dtype) -> torch.Tensor:
     out = out.reshape(*lead, *out.shape[-2:]) if len(lead) != 0 else out
     return out.to(out_dtype)
@@ -192,16 +213,12 @@ def newton_schulz(
     Tall matrices iterate X ← aX + X(bA + cA²) with A = XᵀX (the same map, nothing transposed).
     ``overwrite=True`` lets it normalize G in place (G is scratch the caller owns).
     """
-    sched = get_schedule(schedule)
-    steps = sched.default_steps if steps is None else steps
-    coeffs = sched.step_coefficients(steps)
     dtype = dtype or default_compute_dtype(G.device)
-    X, tall, lead = prepare(G, dtype, sched.safety, eps, overwrite=overwrite)
-    r = min(X.shape[-2:])
+    sched, steps, coeffs, X, tall, lead = start(G, schedule, steps, dtype, eps, overwrite)
     gram = None
     if X.numel() == 0:
         if return_gram:
-            gram = X.new_zeros(*X.shape[:-2], r, r, dtype=torch.promote_types(dtype, torch.float32))
+            gram = empty_gram(X, dtype)
     else:
         wide = X.dtype.itemsize >= 4  # the first step's A is the Gram matrix; else form it in fp32
         if return_gram and (not wide or not coeffs):
@@ -214,7 +231,4 @@ def newton_schulz(
             B = mm(A, A, A, beta=b, alpha=c)  # bA + cA²
             X = side_mm(X, B, tall, a)  # aX + BX (wide) or aX + XB (tall)
     out = finish(X, lead, G.dtype)
-    if return_gram:
-        gram = gram.reshape(*lead, r, r) if len(lead) != 0 else gram
-        return out, gram
-    return out
+    return (out, with_lead(gram, lead)) if return_gram else out
