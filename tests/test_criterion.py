@@ -13,6 +13,7 @@ from muonscope.errors import ConfigError
 from muonscope.laws.criterion import Criterion, calibrated, quantile_function
 from muonscope.laws.io import load_laws
 from muonscope.laws.planner import make_plan
+from muonscope.orth.analysis import RESOLUTION_FLOORS
 from muonscope.orth.schedules import get_schedule
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -99,7 +100,7 @@ def test_plan_for_7e10_meets_its_criterion_in_float64(criterion, tmp_path):
         logs[u > qs[-1]] = np.log(lows[-1]) + slope * (u[u > qs[-1]] - qs[-1])
         s = np.exp(logs)
         # NS in the layer's dtype leaves every s below that dtype's resolution floor unlifted
-        floor = {"bfloat16": 3e-5, "float32": 1e-8, "float64": 1e-9}[e.get("ns_dtype") or d["ns_dtype"]]
+        floor = RESOLUTION_FLOORS[e.get("ns_dtype") or d["ns_dtype"]]
         s = np.where(s >= floor, s, 0.0)
         D = np.mean((1 - compose(coeffs, safety, e["steps"], s)) ** 2)
         j5 = get_schedule("jordan").to_dict()

@@ -21,6 +21,7 @@ from muonscope.cli._app import (
 )
 from muonscope.conventions import FAILURE_RHO
 from muonscope.errors import ConfigError
+from muonscope.orth.analysis import RESOLUTION_FLOORS
 
 MAX_BOOT = 100_000  # bootstrap replicates: beyond this a fit takes hours without narrowing anything
 MAX_PARAMS = 1e15  # target model size
@@ -248,7 +249,7 @@ def read_names(path: Path) -> dict:
     return {n: (index(n).layer_type, index(n).rel_depth) for n in names}
 
 
-NS_DTYPES = ("bfloat16", "float16", "float32", "float64")
+NS_DTYPES = tuple(RESOLUTION_FLOORS)  # the NS dtypes a plan may be made for
 
 
 def read_shapes_file(path: Path) -> dict:

@@ -30,10 +30,11 @@ from muonscope import validate as V
 from muonscope._jsonfile import read_json
 from muonscope.conventions import PLAN_FORMAT
 from muonscope.errors import ConfigError, MuonscopeError
+from muonscope.orth.analysis import RESOLUTION_FLOORS
 from muonscope.orth.orthogonalizers import make_orthogonalizer
 from muonscope.orth.schedules import Schedule, get_schedule
 
-PLAN_DTYPES = ("bfloat16", "float16", "float32", "float64")
+PLAN_DTYPES = tuple(RESOLUTION_FLOORS)  # the NS dtypes a plan entry may name
 
 
 @dataclass(frozen=True)
